@@ -1,0 +1,37 @@
+"""fxconv's exception types: every error fxconv raises on purpose is an ``FxconvError``.
+
+Each carries a message a user can act on; the CLI prints it as one line.
+"""
+
+__all__ = [
+    "FxconvError",
+    "InvalidArgumentError",
+    "TraceError",
+    "ExampleInputError",
+    "NotConvertibleError",
+    "OnnxError",
+]
+
+
+class FxconvError(Exception):
+    """Base class of fxconv's errors."""
+
+
+class InvalidArgumentError(FxconvError, ValueError):
+    """An argument has the wrong type or value (an unknown method, inputs that are not tensors, ...)."""
+
+
+class TraceError(FxconvError):
+    """torch.fx could not trace the model."""
+
+
+class ExampleInputError(FxconvError, ValueError):
+    """The model rejected the example inputs."""
+
+
+class NotConvertibleError(FxconvError):
+    """A conversion that was asked to be complete (``strict=True``, dense mode) is not."""
+
+
+class OnnxError(FxconvError):
+    """An ONNX file could not be written, read or checked against its reference model."""

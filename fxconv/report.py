@@ -1,0 +1,66 @@
+"""What a conversion did: the Linear calls it converted, and those it left alone with a reason."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Converted:
+    """One Linear call rewritten as a convolution."""
+
+    name: str  # the Linear's qualified module name, or the graph node of an F.linear call
+    method: str  # "kernel" or "1x1"
+    flattened_from: tuple[int, ...]  # (C, *S): the feature map its input was a flattening of
+    kernel: tuple[int, ...]  # the convolution's kernel size
+    node: str  # the graph node of the convolution that replaced it
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One Linear call left as it was."""
+
+    name: str
+    code: str  # a stable short code, e.g. "not-flattened"
+    reason: str  # a sentence for a person
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """An adaptive (global) pooling fixed at the geometry it had for the example input (dense mode)."""
+
+    name: str
+    was: str  # what the node computed, e.g. "mean over dims (2, 3)"
+    now: str  # what it computes now, e.g. "avg_pool2d kernel (7, 7), stride 1"
+
+
+@dataclass
+class Report:
+    """The outcome of :func:`fxconv.convert`; ``str(report)`` is a readable table."""
+
+    method: str
+    dense: bool = False
+    converted: list[Converted] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    frozen: list[Frozen] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of everything in the report."""
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        mode = ", dense" if self.dense else ""
+        lines = [
+            f"fxconv (method={self.method!r}{mode}): {len(self.converted)} Linear converted, "
+            f"{len(self.skipped)} left alone"
+        ]
+        for c in self.converted:
+            shape = "x".join(map(str, c.flattened_from))
+            kernel = "x".join(map(str, c.kernel))
+            lines.append(f"  converted  {c.name:<24} flatten of {shape} -> conv{len(c.kernel)}d, kernel {kernel}")
+        for s in self.skipped:
+            lines.append(f"  skipped    {s.name:<24} [{s.code}] {s.reason}")
+        for f in self.frozen:
+            lines.append(f"  frozen     {f.name:<24} {f.was} -> {f.now}")
+        return "\n".join(lines)
