@@ -116,7 +116,7 @@ def _trace(model: nn.Module, inplace: bool) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule):
         return model
     try:
-        return fx.symbolic_trace(model)
+        gm = fx.symbolic_trace(model)
     except Exception as e:
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TraceError(
@@ -124,6 +124,12 @@ def _trace(model: nn.Module, inplace: bool) -> fx.GraphModule:
             "torch.fx.Tracer whose is_leaf_module keeps the untraceable part whole) and pass the "
             "resulting GraphModule to fxconv"
         ) from e
+    # symbolic_trace rebuilds containers (ModuleList, ...) as new modules in training mode: give every
+    # module the flag it had, so that an eval model stays entirely in eval mode.
+    flags = {name: m.training for name, m in model.named_modules()}
+    for name, m in gm.named_modules():
+        m.training = flags.get(name, model.training)
+    return gm
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -252,6 +258,8 @@ class _HeadRewriter:
     def _trace_back(self, linear: Node, start: object) -> _Path | Skipped:
         """Follow the Linear's input back through movable ops to the flatten that feeds it."""
         name = _label(linear)
+        if start in self.flats:  # made by this pass: a head's previous Linear, or a shared flatten
+            return _Path(start, [])
         shape = _shape(start)
         if shape is None or _shape(linear) is None:
             return Skipped(name, "no-shape", "no shape was recorded for its input or output")
@@ -300,12 +308,30 @@ class _HeadRewriter:
                 name, "folds-batch",
                 f"the flatten {_describe(node, self.modules)} folds the batch dimension: {inp} -> {out}",
             )  # fmt: skip
-        if len(inp) - 2 not in _CONVS:
+        map_shape = _shape(self._map_of(node))
+        if len(map_shape) - 2 not in _CONVS:
             return Skipped(
                 name, "rank",
-                f"it reads a flatten of a {len(inp) - 2}-D feature map {inp}; there is no conv{len(inp) - 2}d",
+                f"it reads a flatten of a {len(map_shape) - 2}-D feature map {map_shape}; "
+                f"there is no conv{len(map_shape) - 2}d",
             )  # fmt: skip
         return True
+
+    def _map_of(self, source: Node) -> Node:
+        """The feature map a source node flattens, looking past reshapes that keep the batch dim.
+
+        ``flatten(x.view(N, C, H·W)) == flatten(x)`` and ``flatten(x.squeeze(-1)) == flatten(x)``: every
+        reshape is row-major, so the map is the tensor before such reshapes (up to 3 spatial dims).
+        """
+        node = P.first_input(source)
+        if source in self.flats or P.reduction_args(source) is not None:
+            return node
+        while P.is_reshape(node, self.modules):
+            before = _shape(P.first_input(node))
+            if before is None or not 3 <= len(before) <= 5 or before[0] != _shape(node)[0]:
+                break
+            node = P.first_input(node)
+        return node
 
     def _movable(self, node: Node, shape: tuple[int, ...]) -> bool:
         """Whether ``node`` is an op that may move in front of a flatten (the chain keeps the shape)."""
@@ -329,7 +355,7 @@ class _HeadRewriter:
                 )  # fmt: skip
         if path.source not in self.flats and P.reduction_args(path.source) is None:
             written = [n for n in path.chain if P.is_inplace(n, self.modules)]
-            if written and len(P.first_input(path.source).users) > 1:
+            if written and len(self._map_of(path.source).users) > 1:
                 return Skipped(
                     name, "inplace",
                     f"{_describe(written[0], self.modules)} writes in place into the flattened tensor, "
@@ -341,7 +367,7 @@ class _HeadRewriter:
         """(C, *S) of the map a source node flattens (for a reduction, the map it keeps: (C, 1, ...))."""
         if source in self.flats:
             return self.flats[source].features
-        features = _shape(P.first_input(source))[1:]
+        features = _shape(self._map_of(source))[1:]
         if P.reduction_args(source) is not None:
             return features[:1] + (1,) * (len(features) - 1)
         return features
@@ -368,7 +394,7 @@ class _HeadRewriter:
         """The flatten a path starts from, with its map built for the method (made once per source)."""
         if source in self.flats:
             return self.flats[source]
-        inp = P.first_input(source)
+        inp = self._map_of(source)
         features = self._features(source)
         if P.reduction_args(source) is not None:
             # mean(x, dims) == flatten(mean(x, dims, keepdim=True)): keep the reduced dims as 1s.

@@ -1,0 +1,42 @@
+"""The torchvision classification zoo: converted outputs equal the original's, every head converted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import fxconv
+from conftest import assert_same_outputs
+
+# Too large for the suite's time on 2 cores (300M+ parameters: 8-16 s each just to initialise, GBs to
+# copy); the same head shapes are covered by vit_b_16/vit_b_32 and the other regnet_y models.
+TOO_LARGE = {"regnet_y_128gf", "vit_h_14", "vit_l_16", "vit_l_32"}
+NAMES = [n for n in torchvision.models.list_models(module=torchvision.models) if n not in TOO_LARGE]
+
+# How many head Linears each family has that read a flattened or globally pooled feature map.
+EXPECTED = {
+    "alexnet": 3, "vgg": 3, "mobilenet_v3": 2, "maxvit": 2,
+    "squeezenet": 0,  # its classifier is already convolutional
+    "vit": 0,  # the head reads the class token x[:, 0], not a feature map
+}  # fmt: skip
+INPUT_SIZE = {"vit": 224, "maxvit": 224, "inception": 96}  # smallest sizes these accept; others take 64
+
+
+def _lookup(table: dict, name: str, default):
+    return next((v for k, v in table.items() if name.startswith(k)), default)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_zoo_model_converts_and_matches(name):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    size = _lookup(INPUT_SIZE, name, 64)
+    x = torch.randn(2, 3, size, size)
+    for method in fxconv.METHODS:
+        module, report = fxconv.convert(model, x, method)
+        assert len(report.converted) == _lookup(EXPECTED, name, 1), str(report)
+        # What is left alone is a Linear inside a transformer block (per position) or a class-token head.
+        assert {s.code for s in report.skipped} <= {"not-2d", "not-flattened"}, str(report)
+        assert_same_outputs(module, model, x, scaled=True)
