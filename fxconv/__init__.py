@@ -4,6 +4,7 @@
 >>> module, report = fxconv.convert(model, torch.randn(2, 3, 224, 224))   # doctest: +SKIP
 """
 
+from .check import OnnxCheck, check_onnx, load_onnx, op_census
 from .convert import METHODS, ConvertResult, convert
 from .errors import (
     ExampleInputError,
@@ -13,6 +14,7 @@ from .errors import (
     OnnxError,
     TraceError,
 )
+from .export import export_onnx
 from .report import Converted, Frozen, Report, Skipped
 
 __all__ = [
@@ -24,9 +26,14 @@ __all__ = [
     "FxconvError",
     "InvalidArgumentError",
     "NotConvertibleError",
+    "OnnxCheck",
     "OnnxError",
     "Report",
     "Skipped",
     "TraceError",
+    "check_onnx",
     "convert",
+    "export_onnx",
+    "load_onnx",
+    "op_census",
 ]

@@ -36,7 +36,6 @@ do not change.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -50,6 +49,7 @@ from torch.fx import Node
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 
 from . import _patterns as P
+from ._util import as_tuple, eval_mode, first_line
 from .errors import ExampleInputError, InvalidArgumentError, NotConvertibleError, TraceError
 from .report import Converted, Report, Skipped
 
@@ -88,7 +88,7 @@ def convert(
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    inputs = _as_tuple(example_inputs)
+    inputs = as_tuple(example_inputs)
     gm = _trace(model, inplace)
     _propagate_shapes(gm, inputs)
     report = Report(method=method)
@@ -96,15 +96,6 @@ def convert(
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     return ConvertResult(gm, report)
-
-
-def _as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
-    """The example inputs as a tuple of tensors."""
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
-        raise InvalidArgumentError(f"example_inputs must be a tensor or a tuple of tensors, got {kinds}")
-    return tuple(inputs)
 
 
 def _trace(model: nn.Module, inplace: bool) -> fx.GraphModule:
@@ -118,9 +109,8 @@ def _trace(model: nn.Module, inplace: bool) -> fx.GraphModule:
     try:
         gm = fx.symbolic_trace(model)
     except Exception as e:
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TraceError(
-            f"torch.fx cannot trace {type(model).__name__}: {why}. Trace it yourself (for example with a "
+            f"torch.fx cannot trace {type(model).__name__}: {first_line(e)}. Trace it yourself (for example with a "
             "torch.fx.Tracer whose is_leaf_module keeps the untraceable part whole) and pass the "
             "resulting GraphModule to fxconv"
         ) from e
@@ -155,20 +145,8 @@ def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> N
         raise ExampleInputError(f"the model takes {len(placeholders)} inputs, {len(inputs)} were given")
     # Eval mode so that BatchNorm running statistics are not updated by this extra run; the shapes are
     # the same in both modes. fork_rng so that dropout here does not shift the user's random stream.
-    with torch.no_grad(), _eval_mode(gm), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), eval_mode(gm), torch.random.fork_rng(devices=[]):
         _ShapeRecorder(gm).run(*inputs)
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module):
-    """Put ``module`` in eval mode for the duration, then restore each submodule's own flag."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 class _FeatureBatchNorm(nn.BatchNorm1d):

@@ -19,3 +19,16 @@ def assert_same_outputs(converted, original, *inputs, scaled: bool = False) -> N
         scale = want.abs().max().clamp_min(1.0)
         got, want = got / scale, want / scale
     torch.testing.assert_close(got, want)
+
+
+def onnx_session(path):
+    """An onnxruntime CPU session on an ONNX file, as a function from input tensors to output tensors."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(*inputs: torch.Tensor) -> list[torch.Tensor]:
+        feed = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
+        return [torch.from_numpy(a) for a in session.run(None, feed)]
+
+    return run

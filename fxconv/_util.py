@@ -1,0 +1,38 @@
+"""Small helpers shared by fxconv's modules."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import torch
+from torch import nn
+
+from .errors import InvalidArgumentError
+
+
+def as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
+    """The example inputs as a tuple of tensors (a single tensor is accepted too)."""
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
+        raise InvalidArgumentError(f"example_inputs must be a tensor or a tuple of tensors, got {kinds}")
+    return tuple(inputs)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """Put ``module`` in eval mode for the duration, then restore each submodule's own flag."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (torch's errors run to pages, some in colour)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
