@@ -1,0 +1,281 @@
+"""The ``fxconv`` command line: convert a model to a checked ONNX file in one line, or inspect a file.
+
+    fxconv convert torchvision:resnet50 -o resnet50.onnx
+    fxconv convert mypkg.models:make_net --input-shape 1,3,96,96 --method 1x1 -o net.onnx --report r.json
+    fxconv inspect resnet50.onnx
+
+Exit codes: 0 success, 1 the onnxruntime check failed, 2 bad usage or input. Errors are one line on
+stderr (``--debug`` shows the traceback). The output appears only once it is complete and checked; an
+existing file is never replaced unless ``--force`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import math
+from importlib import metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .check import check_onnx, load_onnx, op_census
+from .convert import METHODS, convert
+from .errors import FxconvError, InvalidArgumentError
+from .export import export_onnx
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"fxconv: error: {message} (see {self.prog} --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fxconv", description="Rewrite flatten→Linear heads as convolutions, export ONNX, check it.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = commands.add_parser("convert", help="convert a model and write a checked ONNX file")
+    c.add_argument("model", metavar="MODEL", help="torchvision:NAME, package.module:callable, or a torch.save(model) file")
+    c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
+    c.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
+    c.add_argument("--method", default="kernel", help=f"{' or '.join(METHODS)} (default kernel)")
+    c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
+    c.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the original")
+    c.add_argument("--state-dict", type=Path, metavar="WEIGHTS.pt", help="load these weights into the model first")
+    c.add_argument("--force", action="store_true", help="replace OUT.onnx / REPORT.json if they exist")
+    c.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    i = commands.add_parser("inspect", help="print an ONNX file's op census, inputs, outputs and size")
+    i.add_argument("file", type=Path, metavar="FILE.onnx")
+    i.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fxconv`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return _convert(args) if args.command == "convert" else _inspect(args)
+    except Exception as e:
+        if args.debug:
+            raise
+        kind = "" if isinstance(e, FxconvError) else f"unexpected {type(e).__name__}: "
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"fxconv: error: {kind}{message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# -- convert -------------------------------------------------------------------------------------
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if args.method not in METHODS:
+        raise InvalidArgumentError(f"unknown method {args.method!r}: choose one of {', '.join(METHODS)}")
+    shape = _parse_shape(args.input_shape)
+    for path in filter(None, (args.output, args.report)):
+        _check_writable(path, args.force)
+
+    timings: dict[str, float] = {}
+    with _step("loading the model", timings, "load"):
+        model = _load_model(args.model, args.state_dict).eval()
+        example = torch.randn(shape)
+    with _step("tracing and converting", timings, "convert"):
+        module, report = convert(model, example, args.method)
+    print(report)
+
+    with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
+        staged = Path(staging) / args.output.name
+        with _step("exporting the original model to ONNX (for the op census)", timings, "export_original"):
+            original_ops = op_census(load_onnx(export_onnx(model, example, Path(staging) / "original.onnx")))
+        with _step("exporting the converted model to ONNX", timings, "export"):
+            export_onnx(module, example, staged)
+        converted_ops = op_census(load_onnx(staged))
+        print(_census_table(original_ops, converted_ops))
+        check = None
+        if not args.no_check:
+            with _step("checking with onnxruntime against the original", timings, "check"):
+                check = check_onnx(staged, model, example)
+            print(check)
+        if check is None or check.passed:
+            os.replace(staged, args.output)
+    print(f"timings: {', '.join(f'{k} {v:.1f} s' for k, v in timings.items())}")
+
+    if args.report:
+        document = {
+            "model": args.model,
+            "input_shape": list(shape),
+            "output": str(args.output) if check is None or check.passed else None,
+            **report.to_dict(),
+            "onnx_ops": {"original": original_ops, "converted": converted_ops},
+            "check": None if check is None else vars(check),
+            "timings_s": timings,
+            "versions": _versions(),
+        }
+        _write_json(args.report, document)
+    if check is not None and not check.passed:
+        print(f"fxconv: the check failed; {args.output} was not written", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    """'1,3,224,224' -> (1, 3, 224, 224)."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) < 2 or min(shape) < 1:
+        raise InvalidArgumentError(f"--input-shape {text!r} is not a shape like 1,3,224,224")
+    return shape
+
+
+def _check_writable(path: Path, force: bool) -> None:
+    """Refuse, before any work, an output whose folder is missing or that exists (unless forced)."""
+    if not path.parent.is_dir():
+        raise InvalidArgumentError(f"cannot write {path}: directory {path.parent} does not exist")
+    if path.exists() and not force:
+        raise InvalidArgumentError(f"{path} exists; pass --force to replace it")
+
+
+def _load_model(spec: str, state_dict: Path | None) -> nn.Module:
+    """The model a MODEL argument names, with ``state_dict`` loaded into it if given."""
+    if os.getcwd() not in sys.path:  # modules and pickled classes import from where the user stands
+        sys.path.insert(0, os.getcwd())
+    if spec.startswith("torchvision:"):
+        model = _torchvision_model(spec.partition(":")[2])
+    elif Path(spec).is_file():
+        try:
+            model = torch.load(spec, weights_only=False)
+        except Exception as e:
+            raise InvalidArgumentError(f"cannot load {spec} with torch.load: {e}") from e
+    elif ":" in spec:
+        model = _factory_model(spec)
+    else:
+        raise InvalidArgumentError(
+            f"MODEL {spec!r} is neither torchvision:NAME, package.module:callable, nor an existing file"
+        )
+    if not isinstance(model, nn.Module):
+        raise InvalidArgumentError(f"{spec} gave a {type(model).__name__}, not a torch.nn.Module")
+    if state_dict is not None:
+        try:
+            model.load_state_dict(torch.load(state_dict, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise InvalidArgumentError(f"cannot load --state-dict {state_dict}: {e}") from e
+    return model
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    try:
+        import torchvision
+    except ImportError as e:
+        raise InvalidArgumentError("torchvision is not installed: pip install torchvision") from e
+    names = torchvision.models.list_models(module=torchvision.models)
+    if name not in names:
+        raise InvalidArgumentError(
+            f"unknown torchvision model {name!r}; classification models are: {', '.join(names)}"
+        )
+    return torchvision.models.get_model(name, weights=None)
+
+
+def _factory_model(spec: str) -> nn.Module:
+    """Call ``package.module:callable``, importable from the current directory or PYTHONPATH."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except ImportError as e:
+        raise InvalidArgumentError(f"cannot import {module_name!r}: {e}") from e
+    except AttributeError as e:
+        raise InvalidArgumentError(f"module {module_name!r} has no {attr!r}") from e
+    try:
+        return factory()
+    except Exception as e:
+        raise InvalidArgumentError(f"{spec}() failed: {type(e).__name__}: {e}") from e
+
+
+@contextlib.contextmanager
+def _step(what: str, timings: dict[str, float], key: str):
+    """Say on stderr that a step is running, and how long it took once done."""
+    print(f"... {what}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - start
+    print(f"    done in {timings[key]:.1f} s", file=sys.stderr, flush=True)
+
+
+def _census_table(original: dict[str, int], converted: dict[str, int]) -> str:
+    """The op counts of both files side by side; changed rows are marked."""
+    lines = [f"  {'ONNX op':<24}{'original':>9}{'converted':>11}"]
+    for op in sorted(set(original) | set(converted)):
+        a, b = original.get(op, 0), converted.get(op, 0)
+        lines.append(f"  {op:<24}{a:>9}{b:>11}{'   <-' if a != b else ''}")
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, document: dict) -> None:
+    """Write JSON atomically (a temporary file beside it, then a rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(document, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _versions() -> dict[str, str]:
+    """The versions a report's figures depend on."""
+    names = ("fxconv", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript")
+    found = {"python": platform.python_version(), "machine": platform.platform()}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found
+
+
+# -- inspect -------------------------------------------------------------------------------------
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    model = load_onnx(args.file)
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    print(f"{args.file}: opsets {opsets}")
+    for title, values in (("inputs", [v for v in graph.input if v.name not in initializers]), ("outputs", graph.output)):
+        print(f"{title}:")
+        for v in values:
+            dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            print(f"  {v.name}: {_dtype(v.type.tensor_type.elem_type)} [{', '.join(map(str, dims))}]")
+    count = sum(math.prod(i.dims) for i in graph.initializer)
+    size = sum(math.prod(i.dims) * _itemsize(i.data_type) for i in graph.initializer)
+    print(f"parameters: {count:,} in {len(graph.initializer)} initializers ({size / 2**20:.1f} MiB)")
+    print("ops:")
+    for op, n in op_census(model).items():
+        print(f"  {op:<24}{n:>6}")
+    return EXIT_OK
+
+
+def _dtype(elem_type: int) -> str:
+    import onnx
+
+    return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _itemsize(data_type: int) -> int:
+    import onnx
+
+    return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+
+
+if __name__ == "__main__":
+    sys.exit(main())

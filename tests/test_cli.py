@@ -1,0 +1,148 @@
+"""The command line, run as a user runs it: in a subprocess, reading exit codes, stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import fxconv
+
+TINY = "1,3,16,16"
+FACTORY = """
+import torch
+from torch import nn
+
+def make():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 10), nn.ReLU(), nn.Linear(10, 5))
+
+def noisy():
+    class Noisy(nn.Module):
+        def forward(self, x):
+            return x.flatten(1) + torch.rand_like(x.flatten(1))  # differs on every run: the check fails
+    return Noisy()
+
+def broken():
+    raise RuntimeError("no weights here")
+"""
+
+
+def fxconv_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fxconv", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "nets.py").write_text(textwrap.dedent(FACTORY))
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_a_torchvision_model_end_to_end(workdir):
+    result = fxconv_cli(
+        "convert", "torchvision:resnet18", "--input-shape", "1,3,64,64", "-o", "r18.onnx",
+        "--report", "r18.json", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "converted  fc" in result.stdout and "check PASSED" in result.stdout
+    assert "exporting the converted model" in result.stderr  # long steps say that they run
+    ops = fxconv.op_census(fxconv.load_onnx(workdir / "r18.onnx"))
+    assert ops["Conv"] == 21 and "Gemm" not in ops
+    report = json.loads((workdir / "r18.json").read_text())
+    assert [c["name"] for c in report["converted"]] == ["fc"]
+    assert report["onnx_ops"]["original"]["Gemm"] == 1 and report["check"]["passed"]
+    assert set(report["timings_s"]) >= {"convert", "export", "check"} and report["versions"]["torch"]
+
+    inspected = fxconv_cli("inspect", "r18.onnx", cwd=workdir)
+    assert inspected.returncode == 0
+    assert "[batch, 3, 64, 64]" in inspected.stdout and "Conv" in inspected.stdout
+    # resnet18's 11,689,512 parameters, less the BatchNorm layers the exporter folds into the convolutions
+    assert "parameters: 11,679,916" in inspected.stdout
+
+
+def test_a_module_callable_model(workdir):
+    result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--method", "1x1", "-o", "m.onnx", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("converted  ") == 2
+    assert "Gemm" not in fxconv.op_census(fxconv.load_onnx(workdir / "m.onnx"))
+
+
+def test_a_torch_saved_model_and_a_state_dict(workdir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 14 * 14, 4))
+    torch.save(model, workdir / "model.pt")
+    torch.save(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(392, 4)).state_dict(), workdir / "w.pt")
+    result = fxconv_cli("convert", "model.pt", "--input-shape", TINY, "--state-dict", "w.pt", "-o", "m.onnx", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert (workdir / "m.onnx").is_file()
+
+
+def test_no_check_skips_the_comparison(workdir):
+    result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--no-check", "-o", "m.onnx", cwd=workdir)
+    assert result.returncode == 0 and "onnxruntime check" not in result.stdout
+    assert (workdir / "m.onnx").is_file()
+
+
+def test_a_failed_check_exits_1_and_writes_nothing(workdir):
+    result = fxconv_cli("convert", "nets:noisy", "--input-shape", TINY, "-o", "m.onnx", "--report", "r.json", cwd=workdir)
+    assert result.returncode == 1
+    assert "check FAILED" in result.stdout and "was not written" in result.stderr
+    assert not (workdir / "m.onnx").exists()
+    assert json.loads((workdir / "r.json").read_text())["output"] is None
+    assert [p.name for p in workdir.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["torchvision:resnet9000"], "unknown torchvision model 'resnet9000'"),
+        (["nowhere.nothing:make"], "cannot import 'nowhere.nothing'"),
+        (["nets:absent"], "module 'nets' has no 'absent'"),
+        (["nets:broken"], "nets:broken() failed: RuntimeError: no weights here"),
+        (["just-a-word"], "neither torchvision:NAME"),
+        (["nets:make", "--input-shape", "1,3,a,b"], "is not a shape"),
+        (["nets:make", "--input-shape", "1,3,5,5"], "rejects the example inputs"),
+        (["nets:make", "--method", "3x3"], "unknown method '3x3'"),
+        (["nets:make", "--state-dict", "absent.pt"], "cannot load --state-dict"),
+        (["nets:make", "-o", "missing/m.onnx"], "directory missing does not exist"),
+        (["nets:make", "-o", "existing.onnx"], "existing.onnx exists; pass --force"),
+        (["nets:make", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+    ids=[
+        "unknown-model", "no-module", "no-callable", "factory-fails", "bad-spec", "shape-unparsable",
+        "shape-rejected", "unknown-method", "bad-state-dict", "missing-dir", "existing-output", "bad-flag",
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
+    (workdir / "existing.onnx").write_bytes(b"precious")
+    # --force: even when allowed to replace it, a failed run leaves the existing file as it was.
+    argv = ["convert", *args] + ([] if "-o" in args else ["-o", "existing.onnx", "--force"])
+    if "--input-shape" not in args:
+        argv += ["--input-shape", TINY]
+    result = fxconv_cli(*argv, cwd=workdir)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("fxconv: error:") and message in lines[-1], result.stderr
+    assert all(line.startswith(("...", "    done", "fxconv: error:")) for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+    assert (workdir / "existing.onnx").read_bytes() == b"precious"
+    assert sorted(p.name for p in workdir.iterdir() if p.suffix == ".onnx") == ["existing.onnx"]
+
+
+def test_inspect_a_corrupt_file_is_one_line(workdir):
+    (workdir / "bad.onnx").write_bytes(b"not onnx at all")
+    result = fxconv_cli("inspect", "bad.onnx", cwd=workdir)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "not a valid ONNX model" in result.stderr
+
+
+def test_debug_shows_the_traceback(workdir):
+    result = fxconv_cli("convert", "nets:broken", "--input-shape", TINY, "-o", "m.onnx", "--debug", cwd=workdir)
+    assert result.returncode != 0 and "Traceback" in result.stderr
