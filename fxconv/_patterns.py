@@ -58,6 +58,33 @@ _ELEMENTWISE_METHODS = {
 }  # fmt: skip
 
 
+# Adaptive pooling, by how it pools; dense mode freezes it at the example's geometry.
+_ADAPTIVE_POOL_MODULES = {
+    nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
+    nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max",
+}  # fmt: skip
+_ADAPTIVE_POOL_FUNCTIONS = {
+    F.adaptive_avg_pool1d: "avg", F.adaptive_avg_pool2d: "avg", F.adaptive_avg_pool3d: "avg",
+    F.adaptive_max_pool1d: "max", F.adaptive_max_pool2d: "max", F.adaptive_max_pool3d: "max",
+}  # fmt: skip
+_REDUCTION_POOLS = {"mean": "avg", "sum": "sum", "amax": "max", "amin": "min"}
+
+
+def pooling(node: Node, modules: dict[str, nn.Module]) -> str | None:
+    """For an adaptive pool or a spatial reduction: "avg", "sum", "max" or "min"; else None."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        if getattr(module, "return_indices", False):
+            return None
+        return _ADAPTIVE_POOL_MODULES.get(type(module))
+    if node.op == "call_function" and node.target in _ADAPTIVE_POOL_FUNCTIONS:
+        return None if node.kwargs.get("return_indices") else _ADAPTIVE_POOL_FUNCTIONS[node.target]
+    if reduction_args(node) is not None:
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        return _REDUCTION_POOLS[name]
+    return None
+
+
 def module_kind(module: nn.Module) -> Kind | None:
     """The kind of a module called between a flatten and a Linear, or None if it is not movable."""
     if isinstance(module, _ELEMENTWISE_MODULES):

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
     c.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
     c.add_argument("--method", default="kernel", help=f"{' or '.join(METHODS)} (default kernel)")
+    c.add_argument("--dense", action="store_true", help="fully convolutional: (N, classes, h, w) on larger inputs")
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
     c.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the original")
     c.add_argument("--state-dict", type=Path, metavar="WEIGHTS.pt", help="load these weights into the model first")
@@ -92,7 +93,7 @@ def _convert(args: argparse.Namespace) -> int:
         model = _load_model(args.model, args.state_dict).eval()
         example = torch.randn(shape)
     with _step("tracing and converting", timings, "convert"):
-        module, report = convert(model, example, args.method)
+        module, report = convert(model, example, args.method, dense=args.dense)
     print(report)
 
     with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
@@ -100,13 +101,16 @@ def _convert(args: argparse.Namespace) -> int:
         with _step("exporting the original model to ONNX (for the op census)", timings, "export_original"):
             original_ops = op_census(load_onnx(export_onnx(model, example, Path(staging) / "original.onnx")))
         with _step("exporting the converted model to ONNX", timings, "export"):
-            export_onnx(module, example, staged)
+            export_onnx(module, example, staged, dynamic_spatial=args.dense)
         converted_ops = op_census(load_onnx(staged))
         print(_census_table(original_ops, converted_ops))
         check = None
         if not args.no_check:
+            # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose
+            # output at the example's size convert() proves equal to the original's logits.
+            reference = module if args.dense else model
             with _step("checking with onnxruntime against the original", timings, "check"):
-                check = check_onnx(staged, model, example)
+                check = check_onnx(staged, reference, example)
             print(check)
         if check is None or check.passed:
             os.replace(staged, args.output)

@@ -27,6 +27,8 @@ POOLS = {
     "adaptive_avg_pool2d + flatten": lambda m, x: torch.flatten(F.adaptive_avg_pool2d(x, 1), 1),
     "AdaptiveAvgPool2d + view": lambda m, x: m.pool(x).view(x.size(0), -1),
     "adaptive_max_pool2d + squeeze": lambda m, x: F.adaptive_max_pool2d(x, 1).squeeze(-1).squeeze(-1),
+    "x.mean((2, 3)).flatten(1)": lambda m, x: x.mean((2, 3)).flatten(1),
+    "x.mean(3).mean(2).view(N, -1)": lambda m, x: x.mean(3).mean(2).view(x.size(0), -1),
 }
 # Ops users put between the flatten and the Linear, or between the Linears of a head.
 BETWEEN = {

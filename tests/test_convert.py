@@ -87,7 +87,8 @@ def test_global_pooling_that_ends_2d_converts(spelling, method):
     x = model.example()
     module, report = fxconv.convert(model, x, method)
     assert linear_calls(module) == []
-    assert [c.kernel for c in report.converted] == [(1, 1)] * 3
+    # 1x1 convolutions (conv1d for x.mean(3).mean(2), whose last reduction reads an (N, C, H) map)
+    assert len(report.converted) == 3 and all(set(c.kernel) == {1} for c in report.converted)
     assert_same_outputs(module, model, x)
 
 
