@@ -68,12 +68,13 @@ class _FeatureBatchNorm(nn.BatchNorm1d):
 
 @dataclass(frozen=True)
 class _Flat:
-    """A 2-D node known to equal ``flatten(map, 1)``, where ``map`` has shape (N, *features)."""
+    """A 2-D node known to equal ``flatten(map, 1)``, where ``map`` has shape (N, *features) (or is folded)."""
 
     node: Node
     map: Node
-    features: tuple[int, ...]  # (C, *S) of ``map``
+    features: tuple[int, ...]  # (C, *S) of one batch item's map
     origin: tuple[int, ...]  # (C, *S) of the map the user flattened (differs from ``features`` for 1x1)
+    folded: bool = False  # the map is (1, C, *S[:-1], N·S[-1]): the batch tiled along the last axis
 
     @property
     def on_channels(self) -> bool:
@@ -113,8 +114,9 @@ def describe(node: Node, modules: dict[str, nn.Module]) -> str:
 class HeadRewriter:
     """Rewrites the Linear calls of one GraphModule, recording what it did in a Report."""
 
-    def __init__(self, gm: fx.GraphModule, method: str, report: Report):
+    def __init__(self, gm: fx.GraphModule, method: str, layout: str, report: Report):
         self.gm, self.graph, self.method, self.report = gm, gm.graph, method, report
+        self.folded = layout == "folded"
         self.modules = dict(gm.named_modules())
         self.flats: dict[Node, _Flat] = {}  # every node known to be a flatten of a map
         self.maps: list[Node] = []  # the feature maps that heads read (their first convolution's input)
@@ -276,10 +278,12 @@ class HeadRewriter:
             w = self.graph.get_attr(weight) if isinstance(weight, str) else weight
             w = self.graph.call_method("unflatten", (w, 1, flat.features))
             b = self.graph.get_attr(bias) if isinstance(bias, str) else bias
-            conv = self.graph.call_function(CONVS[len(spatial)], (flat.map, w, b))
+            # Folded, the batch items sit side by side along the last axis: the kernel steps over them.
+            stride = spatial if flat.folded else 1
+            conv = self.graph.call_function(CONVS[len(spatial)], (flat.map, w, b, stride))
         self.report.converted.append(Converted(_label(linear), self.method, flat.origin, spatial, conv.name))
         log.debug("fxconv: %s -> %s, kernel %s", _label(linear), conv.name, spatial)
-        self._flatten(conv, (out_features, *(1,) * len(spatial)), linear)
+        self._flatten(conv, (out_features, *(1,) * len(spatial)), linear, folded=flat.folded)
 
     def _open(self, source: Node) -> _Flat:
         """The flatten a path starts from, with its map built for the method (made once per source)."""
@@ -304,6 +308,14 @@ class HeadRewriter:
                 ones = (1,) * (len(features) - 1)
                 reshaped = self.graph.call_method("reshape", (flat.map, (-1, size, *ones)))
             flat = _Flat(flat.node, reshaped, (size, *ones), flat.origin)
+        if self.folded:
+            # (N, C, *S) -> (C, *S[:-1], N, S[-1]) -> (1, C, *S[:-1], N·S[-1]): one image for the runtime,
+            # so that each convolution is a single GEMM over the whole batch.
+            with self.graph.inserting_after(flat.map):
+                moved = self.graph.call_method("movedim", (flat.map, 0, -2))
+            with self.graph.inserting_after(moved):
+                folded = self.graph.call_method("reshape", (moved, (1, *flat.features[:-1], -1)))
+            flat = _Flat(flat.node, folded, flat.features, flat.origin, folded=True)
         self.flats[flat.node] = flat
         return flat
 
@@ -323,14 +335,18 @@ class HeadRewriter:
             moved.meta.pop("tensor_meta", None)  # its shape is the map's now, not the 2-D one
             if across:
                 moved = self.graph.call_method("movedim", (moved, -1, 1))
-        return self._flatten(moved, flat.features, node, origin=flat.origin)
+        return self._flatten(moved, flat.features, node, origin=flat.origin, folded=flat.folded)
 
-    def _flatten(self, map_: Node, features: tuple[int, ...], replaces: Node, origin=None) -> _Flat:
-        """Insert ``flatten(map_, 1)`` in place of ``replaces`` (which is erased) and record it."""
+    def _flatten(self, map_: Node, features: tuple[int, ...], replaces: Node, origin=None, folded=False) -> _Flat:
+        """Insert the (N, K) flattening of ``map_`` in place of ``replaces`` (which is erased); record it."""
         with self.graph.inserting_before(replaces):
-            node = self.graph.call_function(torch.flatten, (map_, 1))
+            batched = map_
+            if folded:  # undo the fold: (1, C, *S[:-1], N·S[-1]) -> (C, *S[:-1], N, S[-1]) -> (N, C, *S)
+                unfolded = self.graph.call_method("reshape", (map_, (*features[:-1], -1, features[-1])))
+                batched = self.graph.call_method("movedim", (unfolded, -2, 0))
+            node = self.graph.call_function(torch.flatten, (batched, 1))
         replaces.replace_all_uses_with(node)
         self.graph.erase_node(replaces)
-        flat = _Flat(node, map_, features, origin or features)
+        flat = _Flat(node, map_, features, origin or features, folded)
         self.flats[node] = flat
         return flat

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
     c.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
     c.add_argument("--method", default="kernel", help=f"{' or '.join(METHODS)} (default kernel)")
+    c.add_argument("--layout", default=None, help="folded or batched: where the batch goes in the head (default folded)")
     c.add_argument("--dense", action="store_true", help="fully convolutional: (N, classes, h, w) on larger inputs")
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
     c.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the original")
@@ -93,7 +94,7 @@ def _convert(args: argparse.Namespace) -> int:
         model = _load_model(args.model, args.state_dict).eval()
         example = torch.randn(shape)
     with _step("tracing and converting", timings, "convert"):
-        module, report = convert(model, example, args.method, dense=args.dense)
+        module, report = convert(model, example, args.method, layout=args.layout, dense=args.dense)
     print(report)
 
     with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
@@ -108,8 +109,8 @@ def _convert(args: argparse.Namespace) -> int:
         if not args.no_check:
             # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose
             # output at the example's size convert() proves equal to the original's logits.
-            reference = module if args.dense else model
-            with _step("checking with onnxruntime against the original", timings, "check"):
+            reference, name = (module, "the dense PyTorch model") if args.dense else (model, "the original")
+            with _step(f"checking with onnxruntime against {name}", timings, "check"):
                 check = check_onnx(staged, reference, example)
             print(check)
         if check is None or check.passed:

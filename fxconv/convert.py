@@ -33,9 +33,10 @@ from ._util import as_tuple, eval_mode, first_line
 from .errors import ExampleInputError, InvalidArgumentError, NotConvertibleError, TraceError
 from .report import Report
 
-__all__ = ["METHODS", "ConvertResult", "convert"]
+__all__ = ["LAYOUTS", "METHODS", "ConvertResult", "convert"]
 
 METHODS = ("kernel", "1x1")
+LAYOUTS = ("folded", "batched")
 
 
 class ConvertResult(NamedTuple):
@@ -50,6 +51,7 @@ def convert(
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
     method: str = "kernel",
     *,
+    layout: str | None = None,
     dense: bool = False,
     strict: bool = False,
     inplace: bool = False,
@@ -63,6 +65,13 @@ def convert(
     case the result shares its parameters (and a GraphModule is rewritten in place). With
     ``strict=True``, a Linear that has to be left alone raises :class:`NotConvertibleError`.
 
+    ``layout`` says where the batch goes inside the head. ``"folded"`` (the default) tiles the batch
+    along the last spatial axis, ``(N, K) -> (1, K, 1, N)``, so that a runtime which runs a convolution
+    as one GEMM per image (onnxruntime's CPU kernels) does one GEMM for the whole batch, as the Linear
+    did; ``"batched"`` keeps the batch first, ``(N, K, 1, 1)``: the plain textbook form, convolutions
+    only, but several times slower than the Gemm in onnxruntime at batch 8 and more. Dense mode is
+    always batched.
+
     ``dense=True`` (method "kernel") makes the model fully convolutional: for inputs larger than the
     example it returns (N, out, h, w), one prediction per window; see ``fxconv._dense``. A model whose
     head cannot be made dense raises :class:`NotConvertibleError` naming the obstacle.
@@ -71,11 +80,17 @@ def convert(
         raise InvalidArgumentError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if dense and method != "kernel":
         raise InvalidArgumentError("dense=True needs method='kernel': a 1x1 head reads a reshaped vector")
+    layout = layout or ("batched" if dense else "folded")
+    if layout not in LAYOUTS or (dense and layout != "batched"):
+        raise InvalidArgumentError(
+            f"layout {layout!r} is not one of {', '.join(LAYOUTS)}" if layout not in LAYOUTS
+            else "dense=True needs layout='batched': the windows of one image already fill the spatial axes"
+        )
     inputs = as_tuple(example_inputs)
     gm = _trace(model, inplace)
     _propagate_shapes(gm, inputs)
-    report = Report(method=method, dense=dense)
-    (DenseRewriter if dense else HeadRewriter)(gm, method, report).run()
+    report = Report(method=method, layout=layout, dense=dense)
+    (DenseRewriter if dense else HeadRewriter)(gm, method, layout, report).run()
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     return ConvertResult(gm, report)

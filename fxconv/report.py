@@ -40,6 +40,7 @@ class Report:
     """The outcome of :func:`fxconv.convert`; ``str(report)`` is a readable table."""
 
     method: str
+    layout: str = "batched"
     dense: bool = False
     converted: list[Converted] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
@@ -52,7 +53,7 @@ class Report:
     def __str__(self) -> str:
         mode = ", dense" if self.dense else ""
         lines = [
-            f"fxconv (method={self.method!r}{mode}): {len(self.converted)} Linear converted, "
+            f"fxconv (method={self.method!r}, layout={self.layout!r}{mode}): {len(self.converted)} Linear converted, "
             f"{len(self.skipped)} left alone"
         ]
         for c in self.converted:

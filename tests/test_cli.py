@@ -84,6 +84,15 @@ def test_a_torch_saved_model_and_a_state_dict(workdir):
     assert (workdir / "m.onnx").is_file()
 
 
+def test_dense_gives_a_file_with_dynamic_height_and_width(workdir):
+    result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--dense", "-o", "d.onnx", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "dense" in result.stdout and "check PASSED" in result.stdout
+    inspected = fxconv_cli("inspect", "d.onnx", cwd=workdir)
+    assert "[batch, 3, dim2, dim3]" in inspected.stdout
+    assert "[batch, 5, " in inspected.stdout  # (N, classes, h, w) out
+
+
 def test_no_check_skips_the_comparison(workdir):
     result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--no-check", "-o", "m.onnx", cwd=workdir)
     assert result.returncode == 0 and "onnxruntime check" not in result.stdout
@@ -110,6 +119,7 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["nets:make", "--input-shape", "1,3,a,b"], "is not a shape"),
         (["nets:make", "--input-shape", "1,3,5,5"], "rejects the example inputs"),
         (["nets:make", "--method", "3x3"], "unknown method '3x3'"),
+        (["nets:make", "--dense", "--method", "1x1"], "dense=True needs method='kernel'"),
         (["nets:make", "--state-dict", "absent.pt"], "cannot load --state-dict"),
         (["nets:make", "-o", "missing/m.onnx"], "directory missing does not exist"),
         (["nets:make", "-o", "existing.onnx"], "existing.onnx exists; pass --force"),
@@ -117,7 +127,7 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
     ],
     ids=[
         "unknown-model", "no-module", "no-callable", "factory-fails", "bad-spec", "shape-unparsable",
-        "shape-rejected", "unknown-method", "bad-state-dict", "missing-dir", "existing-output", "bad-flag",
+        "shape-rejected", "unknown-method", "dense-1x1", "bad-state-dict", "missing-dir", "existing-output", "bad-flag",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(workdir, args, message):

@@ -60,14 +60,15 @@ def test_readme_example_gives_the_known_answer():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("layout", fxconv.LAYOUTS)
 @pytest.mark.parametrize("method", fxconv.METHODS)
 @pytest.mark.parametrize("spelling", [*FLATTENS, "F.linear"])
-def test_every_flatten_spelling_converts(spelling, method, bias, rank, dtype):
+def test_every_flatten_spelling_converts(spelling, method, layout, bias, rank, dtype):
     functional = spelling == "F.linear"
     model = Head("torch.flatten" if functional else spelling, rank, bias, functional=functional)
     model = model.to(dtype).eval()
     x = model.example(dtype=dtype)
-    module, report = fxconv.convert(model, x, method)
+    module, report = fxconv.convert(model, x, method, layout=layout)
 
     assert linear_calls(module) == []
     convs = conv_calls(module)
@@ -80,30 +81,71 @@ def test_every_flatten_spelling_converts(spelling, method, bias, rank, dtype):
     assert module(x).dtype == dtype
 
 
+@pytest.mark.parametrize("layout", fxconv.LAYOUTS)
 @pytest.mark.parametrize("method", fxconv.METHODS)
 @pytest.mark.parametrize("spelling", POOLS)
-def test_global_pooling_that_ends_2d_converts(spelling, method):
+def test_global_pooling_that_ends_2d_converts(spelling, method, layout):
     model = Head(spelling, hidden=(8, 8)).eval()
     x = model.example()
-    module, report = fxconv.convert(model, x, method)
+    module, report = fxconv.convert(model, x, method, layout=layout)
     assert linear_calls(module) == []
     # 1x1 convolutions (conv1d for x.mean(3).mean(2), whose last reduction reads an (N, C, H) map)
     assert len(report.converted) == 3 and all(set(c.kernel) == {1} for c in report.converted)
     assert_same_outputs(module, model, x)
 
 
+RESHAPES = {torch.flatten, "flatten", "reshape", "view", "t", "movedim"}
+
+
+@pytest.mark.parametrize("layout", fxconv.LAYOUTS)
 @pytest.mark.parametrize("method", fxconv.METHODS)
 @pytest.mark.parametrize("between", BETWEEN)
 @pytest.mark.parametrize("batchnorm", [False, True])
-def test_ops_between_and_after_linears_stay_in_the_convolutional_head(between, batchnorm, method):
+def test_ops_between_and_after_linears_stay_in_the_convolutional_head(between, batchnorm, method, layout):
     model = Head(between=between, hidden=(12, 10), batchnorm=batchnorm).eval()
     x = model.example()
-    module, report = fxconv.convert(model, x, method)
-    assert linear_calls(module) == [] and len(conv_calls(module)) == 3
+    module, report = fxconv.convert(model, x, method, layout=layout)
+    convs = conv_calls(module)
+    assert linear_calls(module) == [] and len(convs) == 3
     # The head is flattened once, at its end: the convolutions feed each other through 4-D ops only.
-    flattens = [n for n in module.graph.nodes if n.target is torch.flatten]
-    assert len(flattens) == 1 and flattens[0].args[0] is conv_calls(module)[-1]
+    nodes = list(module.graph.nodes)
+    inside = nodes[nodes.index(convs[0]) + 1 : nodes.index(convs[-1])]
+    assert [n.target for n in inside if n.target in RESHAPES] == []
+    assert len(convs[-1].users) == 1
     assert_same_outputs(module, model, x)
+
+
+@pytest.mark.parametrize(
+    ("layout", "shapes"),
+    [("folded", [(1, 8, 1, 3), (1, 3, 1, 3)]), ("batched", [(3, 8, 1, 1), (3, 3, 1, 1)])],
+)
+@pytest.mark.parametrize("method", fxconv.METHODS)
+def test_the_layout_says_where_the_batch_goes(method, layout, shapes):
+    model = Head(hidden=(8,)).eval()
+    module, report = fxconv.convert(model, model.example(batch=3), method, layout=layout)
+    assert report.layout == layout and f"layout={layout!r}" in str(report)
+    heads, seen = conv_calls(module), []
+
+    class Probe(fx.Interpreter):
+        def run_node(self, n):
+            result = super().run_node(n)
+            if n in heads:
+                seen.append(tuple(result.shape))
+            return result
+
+    Probe(module).run(model.example(batch=3))
+    # Folded, each head convolution sees one image holding the 3 batch items side by side: one GEMM.
+    assert seen == shapes
+
+
+def test_the_default_layout_is_folded_and_dense_is_batched():
+    model = Head().eval()
+    assert fxconv.convert(model, model.example()).report.layout == "folded"
+    assert fxconv.convert(model, model.example(), dense=True).report.layout == "batched"
+    with pytest.raises(fxconv.InvalidArgumentError, match="layout='batched'"):
+        fxconv.convert(model, model.example(), dense=True, layout="folded")
+    with pytest.raises(fxconv.InvalidArgumentError, match="layout 'sideways'"):
+        fxconv.convert(model, model.example(), layout="sideways")
 
 
 def test_batchnorm_in_the_head_trains_like_the_original():
@@ -223,11 +265,12 @@ def test_no_weight_is_duplicated():
     assert module.state_dict().keys() == model.state_dict().keys()
 
 
+@pytest.mark.parametrize("layout", fxconv.LAYOUTS)
 @pytest.mark.parametrize("method", fxconv.METHODS)
-def test_the_result_trains_like_the_original(method):
+def test_the_result_trains_like_the_original(method, layout):
     model = Head(hidden=(8,), batchnorm=True).double().train()
     x = model.example(batch=4, dtype=torch.float64)
-    module, _ = fxconv.convert(model, x, method)
+    module, _ = fxconv.convert(model, x, method, layout=layout)
     for m in (model, module):
         torch.manual_seed(0)
         m(x).square().sum().backward()
@@ -237,11 +280,12 @@ def test_the_result_trains_like_the_original(method):
         torch.testing.assert_close(got[name].grad, p.grad)
 
 
+@pytest.mark.parametrize("layout", fxconv.LAYOUTS)
 @pytest.mark.parametrize("method", fxconv.METHODS)
-def test_converting_twice_changes_nothing(method):
+def test_converting_twice_changes_nothing(method, layout):
     model = Head(hidden=(8,)).eval()
-    once, _ = fxconv.convert(model, model.example(), method)
-    twice, report = fxconv.convert(once, model.example(), method)
+    once, _ = fxconv.convert(model, model.example(), method, layout=layout)
+    twice, report = fxconv.convert(once, model.example(), method, layout=layout)
     assert twice.code == once.code
     assert report.converted == [] and report.skipped == []
 

@@ -20,7 +20,7 @@ def _head(channels: int, spatial: tuple[int, ...], widths: list[int], bias: bool
     return nn.Sequential(*layers)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     n=st.integers(1, 4),
     c=st.integers(1, 6),
@@ -28,13 +28,14 @@ def _head(channels: int, spatial: tuple[int, ...], widths: list[int], bias: bool
     widths=st.lists(st.integers(1, 12), min_size=1, max_size=3),
     bias=st.booleans(),
     method=st.sampled_from(fxconv.METHODS),
+    layout=st.sampled_from(fxconv.LAYOUTS),
     seed=st.integers(0, 2**16),
 )
-def test_any_flattened_head_converts_and_matches(n, c, spatial, widths, bias, method, seed):
+def test_any_flattened_head_converts_and_matches(n, c, spatial, widths, bias, method, layout, seed):
     torch.manual_seed(seed)
     model = _head(c, spatial, widths, bias).eval()
     x = torch.randn(n, c, *spatial)
-    module, report = fxconv.convert(model, x, method, strict=True)
+    module, report = fxconv.convert(model, x, method, layout=layout, strict=True)
     assert len(report.converted) == len(widths)
     expected_kernel = spatial if method == "kernel" else (1,) * len(spatial)
     assert report.converted[0].kernel == expected_kernel

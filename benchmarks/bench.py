@@ -1,0 +1,269 @@
+"""What the rewrite costs or gains: original vs converted models in onnxruntime and PyTorch eager.
+
+    python benchmarks/bench.py            # quick: a few minutes on 2 cores
+    python benchmarks/bench.py --full     # adds batch 128 (heads) and more rounds
+    python benchmarks/bench.py --tiny     # seconds: small stand-in models, to prove the script runs
+
+For each model, batch size and runtime, the original and each converted variant run interleaved (the
+order rotates every round) after a warm-up; a row's ratio is the median over rounds of
+``time(converted) / time(original)`` measured in the same round, so drifts of a noisy machine cancel.
+It also reports each variant's max abs difference from the original, how long ``convert`` and
+``export_onnx`` take, the peak memory of converting vgg16 (copy vs ``inplace=True``), and the dense
+mode's speed-up over evaluating crops. Results: a table on the terminal, ``bench.json`` (every figure,
+the machine and library versions) and ``bench.png`` (ratios; needs matplotlib, the ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+import torchvision
+from torch import nn
+
+import fxconv
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = {"kernel": dict(method="kernel"), "1x1": dict(method="1x1")}  # the default, folded layout
+BATCHED = {"kernel batched": dict(method="kernel", layout="batched")}  # the textbook layout, for contrast
+
+
+def _head(channels: int, size: int, widths: tuple[int, ...]) -> nn.Module:
+    """A classifier head alone: flatten, then Linear/ReLU/Dropout like torchvision's."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    features = channels * size * size
+    for i, width in enumerate(widths):
+        layers.append(nn.Linear(features, width))
+        if i < len(widths) - 1:
+            layers += [nn.ReLU(), nn.Dropout()]
+        features = width
+    return nn.Sequential(*layers)
+
+
+def models(tiny: bool) -> dict[str, tuple[callable, tuple[int, ...]]]:
+    """name -> (factory, shape of one input item)."""
+    if tiny:
+        return {"tiny head": (lambda: _head(8, 3, (32, 10)), (8, 3, 3))}
+    tv = torchvision.models
+    return {
+        "vgg16 head": (lambda: _head(512, 7, (4096, 4096, 1000)), (512, 7, 7)),
+        "alexnet head": (lambda: _head(256, 6, (4096, 4096, 1000)), (256, 6, 6)),
+        "resnet50 head": (lambda: _head(2048, 1, (1000,)), (2048, 1, 1)),
+        "alexnet": (lambda: tv.alexnet(weights=None), (3, 224, 224)),
+        "vgg16": (lambda: tv.vgg16(weights=None), (3, 224, 224)),
+        "resnet50": (lambda: tv.resnet50(weights=None), (3, 224, 224)),
+        "mobilenet_v3_large": (lambda: tv.mobilenet_v3_large(weights=None), (3, 224, 224)),
+        "efficientnet_b0": (lambda: tv.efficientnet_b0(weights=None), (3, 224, 224)),
+    }
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        filled = int(30 * self.done / self.total)
+        elapsed = time.perf_counter() - self.start
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {elapsed:5.0f}s {what:<40}")
+        sys.stderr.flush()
+        if self.done == self.total:
+            sys.stderr.write("\n")
+
+
+def interleaved(runners: dict[str, callable], rounds: int) -> dict[str, list[float]]:
+    """Time each runner once per round, rotating the order; one warm-up call each first."""
+    for run in runners.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            runners[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], name: str) -> float:
+    return statistics.median(t / o for t, o in zip(times[name], times["original"]))
+
+
+def bench_model(name, factory, item_shape, batches, rounds, threads, folder: Path, progress: Progress) -> list[dict]:
+    """All rows for one model: every batch size, both runtimes."""
+    torch.manual_seed(0)
+    original = factory().eval()
+    example = torch.randn(2, *item_shape)
+    modules, setup = {"original": original}, {}
+    contrast = BATCHED if name.endswith("head") or name.startswith("tiny") else {}  # heads only: keeps it quick
+    for variant, options in {**VARIANTS, **contrast}.items():
+        start = time.perf_counter()
+        modules[variant] = fxconv.convert(original, example, **options).module
+        setup[variant] = {"convert_s": time.perf_counter() - start}
+    sessions = {}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    for variant, module in modules.items():
+        start = time.perf_counter()
+        path = fxconv.export_onnx(module, example, folder / f"{name.replace(' ', '_')}_{variant.replace(' ', '_')}.onnx")
+        setup.setdefault(variant, {})["export_s"] = time.perf_counter() - start
+        sessions[variant] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    rows = []
+    torch.set_num_threads(threads)
+    for batch in batches:
+        x = torch.randn(batch, *item_shape)
+        feed = {sessions["original"].get_inputs()[0].name: x.numpy()}
+        with torch.inference_mode():
+            want = original(x)
+            diffs = {v: float((m(x) - want).abs().max()) for v, m in modules.items() if v != "original"}
+            onnx_diffs = {v: float(abs(torch.from_numpy(s.run(None, feed)[0]) - want).max()) for v, s in sessions.items()}
+            for runtime, runners in (
+                ("onnxruntime", {v: (lambda s=s: s.run(None, feed)) for v, s in sessions.items()}),
+                ("pytorch", {v: (lambda m=m: m(x)) for v, m in modules.items()}),
+            ):
+                times = interleaved(runners, rounds)
+                for variant in modules:
+                    if variant == "original":
+                        continue
+                    rows.append({
+                        "model": name, "runtime": runtime, "batch": batch, "variant": variant,
+                        "original_ms": 1e3 * statistics.median(times["original"]),
+                        "converted_ms": 1e3 * statistics.median(times[variant]),
+                        "ratio": median_ratio(times, variant),
+                        "max_abs_diff": onnx_diffs[variant] if runtime == "onnxruntime" else diffs[variant],
+                        **setup[variant],
+                    })  # fmt: skip
+                progress.step(f"{name} batch {batch} {runtime}")
+    return rows
+
+
+def bench_dense(name, rounds, threads) -> dict:
+    """One dense pass over a 448x448 image vs the 64 crops at stride 32 batched, in PyTorch eager."""
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    dense = fxconv.convert(model, torch.randn(1, 3, 224, 224), dense=True).module
+    image = torch.randn(1, 3, 448, 448)
+    crops = torch.cat([image[:, :, 32 * i : 32 * i + 224, 32 * j : 32 * j + 224] for i in range(8) for j in range(8)])
+    with torch.inference_mode():
+        grid = dense(image)
+        logits = model(crops)
+        diff = float((grid[0].flatten(1).T - logits).abs().max() / logits.abs().max())
+        times = interleaved({"original": lambda: model(crops), "dense": lambda: dense(image)}, rounds)
+    crops_ms, dense_ms = (1e3 * statistics.median(times[k]) for k in ("original", "dense"))
+    return {"model": name, "crops_ms": crops_ms, "dense_ms": dense_ms, "speedup": 1 / median_ratio(times, "dense"),
+            "grid": list(grid.shape), "max_rel_diff_vs_crops": diff}  # fmt: skip
+
+
+MEMORY_PROBE = """
+import resource, sys, torch, torchvision, fxconv
+model = torchvision.models.vgg16(weights=None).eval()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+fxconv.convert(model, torch.randn(1, 3, 224, 224), inplace=sys.argv[1] == "inplace")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, (after - before) / 1024)
+"""
+
+
+def bench_memory() -> list[dict]:
+    """Peak memory that converting vgg16 adds, with a copy and in place (a fresh process each)."""
+    rows = []
+    for mode in ("copy", "inplace"):
+        out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, mode], capture_output=True, text=True, check=True)
+        weights_mib, added_mib = map(float, out.stdout.split())
+        rows.append({"mode": mode, "weights_mib": weights_mib, "peak_added_mib": added_mib})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [f"{'model':<20}{'runtime':<13}{'batch':>6}  {'variant':<16}{'original ms':>12}{'converted ms':>13}{'ratio':>7}{'max abs diff':>14}"]
+    for r in rows:
+        lines.append(
+            f"{r['model']:<20}{r['runtime']:<13}{r['batch']:>6}  {r['variant']:<16}{r['original_ms']:>12.2f}"
+            f"{r['converted_ms']:>13.2f}{r['ratio']:>7.2f}{r['max_abs_diff']:>14.2e}"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    series = sorted({(r["model"], r["variant"]) for r in rows if r["runtime"] == "onnxruntime"})
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for model, variant in series:
+        points = [(r["batch"], r["ratio"]) for r in rows if (r["model"], r["variant"], r["runtime"]) == (model, variant, "onnxruntime")]
+        ax.plot(*zip(*points), marker="o", label=f"{model} / {variant}")
+    ax.axhline(1.10, color="red", linestyle="--", label="goal: 1.10x")
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="converted / original latency (median)",
+           title="fxconv in onnxruntime (CPU)")  # fmt: skip
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version(), "machine": platform.platform(), "processor": platform.processor(),
+             "cpus": torch.get_num_threads()}  # fmt: skip
+    for name in ("fxconv", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript"):
+        found[name] = metadata.version(name)
+    return found
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="batch 128 for the heads too, and more rounds")
+    parser.add_argument("--tiny", action="store_true", help="small stand-in models: proves the script runs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    batches = (1,) if args.tiny else (1, 8, 32)
+    rounds = 3 if args.tiny else 9 if args.full else 5
+    args.out.mkdir(parents=True, exist_ok=True)
+    zoo = models(args.tiny)
+    dense_models = () if args.tiny else ("resnet18", "vgg16")
+    # Batch 128 (--full) for the heads alone: a whole vgg16 at 128 takes most of a minute a run here.
+    plan = {name: batches + ((128,) if args.full and name.endswith("head") else ()) for name in zoo}
+    progress = Progress(sum(2 * len(b) for b in plan.values()) + len(dense_models))
+    rows, dense = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (factory, shape) in zoo.items():
+            rows += bench_model(name, factory, shape, plan[name], rounds, args.threads, Path(folder), progress)
+    for name in dense_models:
+        dense.append(bench_dense(name, 3, args.threads))
+        progress.step(f"dense {name}")
+    memory = [] if args.tiny else bench_memory()
+
+    print(table(rows))
+    for d in dense:
+        print(f"dense {d['model']}: 448x448 in one pass {d['dense_ms']:.0f} ms vs 64 crops {d['crops_ms']:.0f} ms: "
+              f"{d['speedup']:.1f}x faster (grid {d['grid']}, max rel diff vs crops {d['max_rel_diff_vs_crops']:.1e})")
+    for m in memory:
+        print(f"convert vgg16 ({m['mode']}): peak memory +{m['peak_added_mib']:.0f} MiB for {m['weights_mib']:.0f} MiB of weights")
+    document = {"rows": rows, "dense": dense, "memory": memory, "threads": args.threads, "rounds": rounds,
+                "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    (args.out / "bench.json").write_text(json.dumps(document, indent=2))
+    plotted = plot(rows, args.out / "bench.png")
+    print(f"wrote {args.out / 'bench.json'}" + (f" and {args.out / 'bench.png'}" if plotted else " (no plot: pip install matplotlib)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
