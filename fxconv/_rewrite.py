@@ -24,10 +24,17 @@ reduction with ``keepdim=True``.
 
 How. Every step replaces a 2-D node ``v = op(flatten(m))`` by ``flatten(op(m))``: ops that commute with
 flattening (element-wise ones always; per-feature ones such as BatchNorm1d, and LayerNorm over the
-features, when all features sit on the channel axis) move in front of the flatten, and the Linear itself becomes ``flatten(conv(m))``. Linear
-calls are visited in graph order, so the next Linear of a head finds the flatten just made and becomes a
-1x1 convolution: the whole head is convolutional and its result is flattened once, at the end. Users of
-an intermediate value that are not part of the head read ``flatten(...)`` of it and see what they saw.
+features, when all features sit on the channel axis) move in front of the flatten, and the Linear
+itself becomes ``flatten(conv(m))``. Linear calls are visited in graph order, so the next Linear of a
+head finds the flatten just made and becomes a 1x1 convolution: the whole head is convolutional and its
+result is flattened once, at the end. Users of an intermediate value that are not part of the head read
+``flatten(...)`` of it and see what they saw.
+
+Layout. With ``layout="folded"`` the map a head reads is folded first, (N, C, *S) → (1, C, *S[:-1],
+N·S[-1]): the batch items side by side along the last axis. The first convolution strides by its kernel
+over them, the later 1x1 ones see one image of N positions, and a runtime that runs one GEMM per image
+(onnxruntime on CPU) runs one GEMM for the whole batch, as it did for the Linear. The flatten at the end
+of the head unfolds. ``layout="batched"`` keeps (N, C, *S).
 
 The convolutions read the Linear's own parameters through ``unflatten`` views: nothing is copied, a
 Linear called from several places keeps one set of weights, gradients reach it, and the state_dict keys
@@ -156,6 +163,11 @@ class HeadRewriter:
         shape = shape_of(start)
         if shape is None or shape_of(linear) is None:
             return Skipped(name, "no-shape", "no shape was recorded for its input or output")
+        if len(shape) < 2:
+            return Skipped(
+                name, "not-flattened",
+                f"its input has shape {shape}: there is no batch dimension left (a squeeze of a batch of 1?)",
+            )  # fmt: skip
         if len(shape) != 2 or len(shape_of(linear)) != 2:
             return Skipped(
                 name, "not-2d",

@@ -165,3 +165,15 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.fc2(torch.relu(self.fc1(x)))
+
+
+class SqueezeAll(nn.Module):
+    """``squeeze()`` of a pooled map: (N, C) for N > 1, but (C,) for a batch of one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.conv(x), 1).squeeze())

@@ -21,6 +21,7 @@ from models import (
     InplaceOnShared,
     NormAfterFlatten,
     SharedLinear,
+    SqueezeAll,
     TokenHead,
     TwoHeads,
 )
@@ -190,8 +191,9 @@ def test_a_shared_linear_keeps_one_set_of_weights():
         (BatchFolding(), torch.randn(2, 3, 4, 4), "folds-batch"),
         (NormAfterFlatten(), torch.randn(2, 2, 3, 3), "needs-1x1"),
         (InplaceOnShared(), torch.randn(2, 2, 3, 3), "inplace"),
+        (SqueezeAll(), torch.randn(1, 2, 4, 4), "not-flattened"),
     ],
-    ids=["token-head", "mlp", "folds-batch", "norm-after-flatten", "inplace-on-shared"],
+    ids=["token-head", "mlp", "folds-batch", "norm-after-flatten", "inplace-on-shared", "squeeze-batch-1"],
 )
 def test_linears_left_alone_are_reported_and_outputs_kept(model, x, code):
     model = model.eval()
@@ -205,6 +207,13 @@ def test_linears_left_alone_are_reported_and_outputs_kept(model, x, code):
     torch.testing.assert_close(got, want)
     with pytest.raises(fxconv.NotConvertibleError, match=code):
         fxconv.convert(model, x, strict=True)
+
+
+def test_squeeze_of_a_pooled_batch_converts():
+    model, x = SqueezeAll().eval(), torch.randn(3, 2, 4, 4)
+    module, report = fxconv.convert(model, x, strict=True)
+    assert [c.flattened_from for c in report.converted] == [(3, 1, 1)]
+    assert_same_outputs(module, model, x)
 
 
 def test_norm_after_flatten_converts_with_1x1():
