@@ -1,16 +1,6 @@
 """The rewrite: Linear layers fed by a flattened feature map become convolutions.
 
-Before (a classifier head)::
-
-    x (N, C, H, W) ─ flatten ─ Linear(C·H·W → F) ─ ReLU ─ Linear(F → K) ─▶ (N, K)
-
-After, ``method="kernel"`` (the default)::
-
-    x ─ conv2d(W1.view(F, C, H, W), kernel H×W) ─ ReLU ─ conv2d(W2.view(K, F, 1, 1)) ─ flatten ─▶ (N, K)
-
-After, ``method="1x1"``::
-
-    x ─ reshape (N, C·H·W, 1, 1) ─ conv2d(W1.view(F, C·H·W, 1, 1)) ─ ReLU ─ conv2d(W2.view(K, F, 1, 1)) ─ flatten ─▶ (N, K)
+(Before and After diagrams of both methods: ``fxconv.convert``.)
 
 The math. ``flatten`` is row-major over (C, H, W): feature ``k = (c·H + h)·W + w``. Hence
 
