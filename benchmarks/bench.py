@@ -213,9 +213,10 @@ def plot(rows: list[dict], path: Path) -> bool:
         return False
     series = sorted({(r["model"], r["variant"]) for r in rows if r["runtime"] == "onnxruntime"})
     fig, ax = plt.subplots(figsize=(9, 5))
-    for model, variant in series:
+    for i, (model, variant) in enumerate(series):
         points = [(r["batch"], r["ratio"]) for r in rows if (r["model"], r["variant"], r["runtime"]) == (model, variant, "onnxruntime")]
-        ax.plot(*zip(*points), marker="o", label=f"{model} / {variant}")
+        style = "--" if "batched" in variant else "-"
+        ax.plot(*zip(*points), style, marker="o", color=plt.cm.tab20(i % 20), label=f"{model} / {variant}")
     ax.axhline(1.10, color="red", linestyle="--", label="goal: 1.10x")
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="converted / original latency (median)",
            title="fxconv in onnxruntime (CPU)")  # fmt: skip
