@@ -28,10 +28,11 @@ import math
 import operator
 
 import torch.nn.functional as F
+from torch import nn
 from torch.fx import Node
 
 from . import _patterns as P
-from ._rewrite import HeadRewriter, describe, shape_of
+from ._rewrite import CONVS, HeadRewriter, describe, shape_of
 from .errors import NotConvertibleError
 from .report import Frozen
 
@@ -70,9 +71,10 @@ class DenseRewriter(HeadRewriter):
         return node
 
     def _is_conv(self, node: Node) -> bool:
+        """A convolution: the backbone, where the search for a head's pooling stops."""
         if node.op == "call_module":
-            return type(self.modules[node.target]).__name__.startswith("Conv")
-        return node.op == "call_function" and node.target in (F.conv1d, F.conv2d, F.conv3d)
+            return isinstance(self.modules[node.target], nn.modules.conv._ConvNd)
+        return node.op == "call_function" and node.target in CONVS.values()
 
     def _freeze(self, pool: Node) -> None:
         """Replace an adaptive pool (or a keepdim reduction) by the fixed pool it was for the example."""

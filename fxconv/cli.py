@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .check import check_onnx, load_onnx, op_census
-from .convert import METHODS, convert
+from .convert import LAYOUTS, METHODS, convert
 from .errors import FxconvError, InvalidArgumentError
 from .export import export_onnx
 
@@ -50,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", metavar="MODEL", help="torchvision:NAME, package.module:callable, or a torch.save(model) file")
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
     c.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
-    c.add_argument("--method", default="kernel", help=f"{' or '.join(METHODS)} (default kernel)")
-    c.add_argument("--layout", default=None, help="folded or batched: where the batch goes in the head (default folded)")
+    c.add_argument("--method", default="kernel", choices=METHODS, help="default kernel")
+    c.add_argument("--layout", choices=LAYOUTS, help="where the batch goes in the head (default folded)")
     c.add_argument("--dense", action="store_true", help="fully convolutional: (N, classes, h, w) on larger inputs")
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
     c.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the original")
@@ -83,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    if args.method not in METHODS:
-        raise InvalidArgumentError(f"unknown method {args.method!r}: choose one of {', '.join(METHODS)}")
     shape = _parse_shape(args.input_shape)
     for path in filter(None, (args.output, args.report)):
         _check_writable(path, args.force)
@@ -113,7 +111,9 @@ def _convert(args: argparse.Namespace) -> int:
             with _step(f"checking with onnxruntime against {name}", timings, "check"):
                 check = check_onnx(staged, reference, example)
             print(check)
-        if check is None or check.passed:
+        written = check is None or check.passed
+        if written:
+            _check_writable(args.output, args.force)  # again: the file may have appeared meanwhile
             os.replace(staged, args.output)
     print(f"timings: {', '.join(f'{k} {v:.1f} s' for k, v in timings.items())}")
 
@@ -121,7 +121,7 @@ def _convert(args: argparse.Namespace) -> int:
         document = {
             "model": args.model,
             "input_shape": list(shape),
-            "output": str(args.output) if check is None or check.passed else None,
+            "output": str(args.output) if written else None,
             **report.to_dict(),
             "onnx_ops": {"original": original_ops, "converted": converted_ops},
             "check": None if check is None else vars(check),
@@ -129,7 +129,7 @@ def _convert(args: argparse.Namespace) -> int:
             "versions": _versions(),
         }
         _write_json(args.report, document)
-    if check is not None and not check.passed:
+    if not written:
         print(f"fxconv: the check failed; {args.output} was not written", file=sys.stderr)
         return EXIT_CHECK_FAILED
     print(f"wrote {args.output}")

@@ -119,7 +119,8 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["just-a-word"], "neither torchvision:NAME"),
         (["nets:make", "--input-shape", "1,3,a,b"], "is not a shape"),
         (["nets:make", "--input-shape", "1,3,5,5"], "rejects the example inputs"),
-        (["nets:make", "--method", "3x3"], "unknown method '3x3'"),
+        (["nets:make", "--method", "3x3"], "invalid choice: '3x3'"),
+        (["nets:make", "--layout", "sideways"], "invalid choice: 'sideways'"),
         (["nets:make", "--dense", "--method", "1x1"], "dense=True needs method='kernel'"),
         (["nets:make", "--state-dict", "absent.pt"], "cannot load --state-dict"),
         (["nets:make", "-o", "missing/m.onnx"], "directory missing does not exist"),
@@ -128,7 +129,7 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
     ],
     ids=[
         "unknown-model", "no-module", "no-callable", "factory-fails", "bad-spec", "shape-unparsable",
-        "shape-rejected", "unknown-method", "dense-1x1", "bad-state-dict", "missing-dir", "existing-output", "bad-flag",
+        "shape-rejected", "unknown-method", "unknown-layout", "dense-1x1", "bad-state-dict", "missing-dir", "existing-output", "bad-flag",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
