@@ -187,3 +187,12 @@ def test_a_failed_export_leaves_the_existing_file_untouched(exported):
         fxconv.export_onnx(Unexportable(), torch.randn(2, 2, 5, 5), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx"]
+
+
+def test_models_over_2gb_keep_their_weights_beside_the_file(tmp_path, monkeypatch):
+    """Above protobuf's 2 GB the weights go to <file>.data; a limit of 0 takes that path on a small model."""
+    monkeypatch.setattr("fxconv.export._PROTOBUF_LIMIT", 0)
+    model = Head().eval()
+    path = fxconv.export_onnx(model, model.example(), tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert fxconv.check_onnx(path, model, model.example()).passed
