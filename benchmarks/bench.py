@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import onnxruntime as ort
@@ -32,6 +32,7 @@ import torchvision
 from torch import nn
 
 import fxconv
+from fxconv._util import versions
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = {"kernel": dict(method="kernel"), "1x1": dict(method="1x1")}  # the default, folded layout
@@ -226,14 +227,6 @@ def plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def versions() -> dict:
-    found = {"python": platform.python_version(), "machine": platform.platform(), "processor": platform.processor(),
-             "cpus": torch.get_num_threads()}  # fmt: skip
-    for name in ("fxconv", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript"):
-        found[name] = metadata.version(name)
-    return found
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="whole models at batch 32, heads at 128, more rounds")
@@ -272,8 +265,9 @@ def main(argv=None) -> int:
               f"{d['speedup']:.1f}x faster (output grid {d['grid']})")
     for m in memory:
         print(f"convert vgg16 ({m['mode']}): peak memory +{m['peak_added_mib']:.0f} MiB for {m['weights_mib']:.0f} MiB of weights")
+    machine = {**versions(), "processor": platform.processor(), "cpus": os.cpu_count()}
     document = {"rows": rows, "dense": dense, "memory": memory, "threads": args.threads, "rounds": rounds,
-                "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+                "versions": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     stem = f"bench-{args.only}" if args.only else "bench"
     (args.out / f"{stem}.json").write_text(json.dumps(document, indent=2))
     plotted = bool(rows) and plot(rows, args.out / f"{stem}.png")

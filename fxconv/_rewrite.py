@@ -75,8 +75,13 @@ class _Flat:
 
     @property
     def on_channels(self) -> bool:
-        """Whether every feature sits on the channel axis (all spatial dims are 1)."""
-        return all(s == 1 for s in self.features[1:])
+        """Whether every feature sits on the channel axis."""
+        return _on_channels(self.features)
+
+
+def _on_channels(features: tuple[int, ...]) -> bool:
+    """Whether a map of (C, *S) features has all its spatial dims equal to 1."""
+    return all(s == 1 for s in features[1:])
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,7 @@ class HeadRewriter:
     def _check_chain(self, name: str, path: _Path) -> _Path | Skipped:
         """Refuse chains whose ops cannot run on the map the method gives."""
         features = self._features(path.source)
-        on_channels = self.method == "1x1" or all(s == 1 for s in features[1:])
+        on_channels = self.method == "1x1" or _on_channels(features)
         for node in path.chain:
             if P.op_kind(node, self.modules) in _CHANNEL_KINDS and not on_channels:
                 return Skipped(
@@ -293,9 +298,10 @@ class HeadRewriter:
             return self.flats[source]
         inp = self._map_of(source)
         features = self._features(source)
-        if P.reduction_args(source) is not None:
+        reduction = P.reduction_args(source)
+        if reduction is not None:
             # mean(x, dims) == flatten(mean(x, dims, keepdim=True)): keep the reduced dims as 1s.
-            dims, _ = P.reduction_args(source)
+            dims, _ = reduction
             kwargs = {k: v for k, v in source.kwargs.items() if k not in ("input", "dim", "keepdim")}
             with self.graph.inserting_before(source):
                 kept = self.graph.create_node(source.op, source.target, (inp, dims), {**kwargs, "keepdim": True})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import re
+from importlib import metadata
 
 import torch
 from torch import nn
@@ -36,3 +38,12 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (torch's errors run to pages, some in colour)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def versions() -> dict[str, str]:
+    """The Python, machine and library versions that a report's figures depend on."""
+    found = {"python": platform.python_version(), "machine": platform.platform()}
+    for name in ("fxconv", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found

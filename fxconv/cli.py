@@ -15,10 +15,8 @@ import argparse
 import contextlib
 import importlib
 import math
-from importlib import metadata
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._util import versions
 from .check import check_onnx, load_onnx, op_census
 from .convert import LAYOUTS, METHODS, convert
 from .errors import FxconvError, InvalidArgumentError
@@ -126,7 +125,7 @@ def _convert(args: argparse.Namespace) -> int:
             "onnx_ops": {"original": original_ops, "converted": converted_ops},
             "check": None if check is None else vars(check),
             "timings_s": timings,
-            "versions": _versions(),
+            "versions": versions(),
         }
         _write_json(args.report, document)
     if not written:
@@ -235,16 +234,6 @@ def _write_json(path: Path, document: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(document, f, indent=2, default=str)
     os.replace(tmp, path)
-
-
-def _versions() -> dict[str, str]:
-    """The versions a report's figures depend on."""
-    names = ("fxconv", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript")
-    found = {"python": platform.python_version(), "machine": platform.platform()}
-    for name in names:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
-    return found
 
 
 # -- inspect -------------------------------------------------------------------------------------
