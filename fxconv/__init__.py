@@ -5,7 +5,7 @@
 """
 
 from .check import OnnxCheck, check_onnx, load_onnx, op_census
-from .convert import LAYOUTS, METHODS, ConvertResult, convert
+from .convert import CAPTURES, LAYOUTS, METHODS, ConvertResult, convert
 from .errors import (
     ExampleInputError,
     FxconvError,
@@ -18,6 +18,7 @@ from .export import export_onnx
 from .report import Converted, Frozen, Report, Skipped
 
 __all__ = [
+    "CAPTURES",
     "LAYOUTS",
     "METHODS",
     "ConvertResult",

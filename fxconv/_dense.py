@@ -28,11 +28,10 @@ import math
 import operator
 
 import torch.nn.functional as F
-from torch import nn
 from torch.fx import Node
 
 from . import _patterns as P
-from ._rewrite import CONVS, HeadRewriter, describe, shape_of
+from ._rewrite import HeadRewriter, describe, shape_of
 from .errors import NotConvertibleError
 from .report import Frozen
 
@@ -65,16 +64,10 @@ class DenseRewriter(HeadRewriter):
         """The adaptive pool or reduction that a head's map comes from through single-input ops, if any."""
         while P.pooling(node, self.modules) is None:
             inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
-            if len(inputs) != 1 or self._is_conv(node):
+            if len(inputs) != 1 or P.is_conv(node, self.modules):  # the backbone: no pooling in front
                 return None
             node = inputs[0]
         return node
-
-    def _is_conv(self, node: Node) -> bool:
-        """A convolution: the backbone, where the search for a head's pooling stops."""
-        if node.op == "call_module":
-            return isinstance(self.modules[node.target], nn.modules.conv._ConvNd)
-        return node.op == "call_function" and node.target in CONVS.values()
 
     def _freeze(self, pool: Node) -> None:
         """Replace an adaptive pool (or a keepdim reduction) by the fixed pool it was for the example."""

@@ -1,21 +1,35 @@
-"""The spellings fxconv recognises, as data, and the predicates that read a graph node against them.
+"""The spellings fxconv recognises, as data — one table per graph level — and the predicates that read them.
 
-Four roles matter for the rewrite:
+A graph reaches the rewrite at one of two levels: **torch level** (``torch.fx.symbolic_trace``: modules,
+``torch.*`` functions, ``Tensor`` methods) or **ATen level** (``torch.export``: ``torch.ops.aten.*``
+calls, parameters as ``get_attr``). The rewrite never asks which: it asks for *roles*, and each level
+maps its spellings to roles in the two tables below (``TORCH_LEVEL``, ``ATEN_LEVEL``). Adding a spelling
+is one table entry and one test.
 
-* a **Linear call**: ``nn.Linear`` modules (and subclasses), ``F.linear``;
-* a **reshape** that may flatten a feature map (``torch.flatten``, ``x.flatten``, ``nn.Flatten``,
-  ``view``, ``reshape``, ``squeeze``); whether it really is a batch-preserving flatten is decided
-  from the shapes recorded by shape propagation, never from its arguments;
-* a **global reduction** that ends 2-D (``x.mean([2, 3])``, ``torch.amax(x, (-2, -1))``, ...), which is a
-  flatten of the same reduction with ``keepdim=True``;
-* an op that **commutes with flattening**: element-wise ops (``relu(flatten(x)) == flatten(relu(x))``);
-  per-feature ops (BatchNorm1d, PReLU with one weight per feature) and LayerNorm over the features, which
-  commute only when every feature sits on the channel axis, i.e. when the spatial dims are all 1
-  (LayerNorm then runs on the map with its channels moved last).
+The roles:
+
+* **linear** — a Linear call: ``F.linear``-like ``(input, weight (out, in), bias)``; ``matmul``-like
+  ``(input, weight (in, out))`` whose weight operand is a constant (a parameter, buffer or anything
+  computed from them alone), with an optional bias ``+ b`` after it; ``addmm``-like ``(bias, input,
+  weight (in, out))``. ``nn.Linear`` modules (and subclasses) are Linear calls too.
+* **transpose** — what turns a weight (out, in) into (in, out): ``.t()``, ``.T``, ``transpose(0, 1)``,
+  ``permute(1, 0)``, ``aten.t``, ``aten.numpy_T`` ...
+* **reshape** — a reshape that may flatten a feature map (``flatten``, ``view``, ``reshape``, ``squeeze``);
+  whether it really is a batch-preserving flatten is decided from the recorded shapes, never from its
+  arguments.
+* **reduction** — ``mean/sum/amax/amin`` over dims: a global reduction that ends 2-D is a flatten of the
+  same reduction with ``keepdim=True``.
+* **adaptive pool** — pools a map to a fixed size (dense mode freezes it).
+* **element-wise**, **layer norm** — ops that commute with flattening (``relu(flatten(x)) ==
+  flatten(relu(x))``); per-feature ops (BatchNorm1d, PReLU with one weight per feature) and LayerNorm over
+  the features commute only when every feature sits on the channel axis (all spatial dims 1).
+* **conv** — a convolution: where dense mode's search for a head's pooling stops.
+* **add** — the bias add after a matmul.
 """
 
 from __future__ import annotations
 
+import builtins
 import operator
 from enum import Enum
 
@@ -23,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
+
+aten = torch.ops.aten
 
 
 class Kind(Enum):
@@ -33,41 +49,115 @@ class Kind(Enum):
     ACROSS_FEATURES = "across features"  # normalises over the last dim: run with channels last
 
 
-_LINEAR_FUNCTIONS = {F.linear, torch._C._nn.linear}
+# Each table maps a role to the spellings of one level. A spelling is a function (torch level), a
+# Tensor method's name (torch level, ``call_method``) or an ATen overload packet (``aten.mean`` covers
+# ``aten.mean.dim`` and ``aten.mean.default``). Where a role carries a value, it says how the op works.
+TORCH_LEVEL: dict[str, dict] = {
+    # value: how the operands are laid out, see ``linear_call``
+    "linear": {
+        F.linear: "linear", torch._C._nn.linear: "linear",
+        operator.matmul: "matmul", torch.matmul: "matmul", torch.mm: "matmul", "matmul": "matmul",
+        "mm": "matmul", "__matmul__": "matmul",
+        torch.addmm: "addmm", "addmm": "addmm",
+    },
+    "transpose": {"t": None, torch.t: None, "transpose": None, torch.transpose: None, "permute": None,
+                  torch.permute: None, "swapaxes": None, "swapdims": None, builtins.getattr: None},
+    "reshape": {torch.flatten: None, torch.reshape: None, torch.squeeze: None, "flatten": None,
+                "view": None, "reshape": None, "squeeze": None},
+    # value: how the reduction pools
+    "reduction": {torch.mean: "avg", torch.sum: "sum", torch.amax: "max", torch.amin: "min",
+                  "mean": "avg", "sum": "sum", "amax": "max", "amin": "min"},
+    "adaptive_pool": {F.adaptive_avg_pool1d: "avg", F.adaptive_avg_pool2d: "avg", F.adaptive_avg_pool3d: "avg",
+                      F.adaptive_max_pool1d: "max", F.adaptive_max_pool2d: "max", F.adaptive_max_pool3d: "max"},
+    "elementwise": dict.fromkeys([
+        F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu,
+        F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.sigmoid, torch.sigmoid,
+        F.tanh, torch.tanh, F.softplus, F.softsign, F.dropout, F.alpha_dropout, torch.clamp,
+        torch.abs, torch.neg, operator.mul, operator.truediv, operator.add, operator.sub, operator.neg,
+        "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
+        "clamp_max", "abs", "neg", "mul", "div", "add", "sub", "contiguous", "clone", "detach",
+    ]),
+    "layer_norm": {F.layer_norm: None},
+    "conv": dict.fromkeys([F.conv1d, F.conv2d, F.conv3d]),
+    "add": dict.fromkeys([operator.add, torch.add, "add"]),
+}  # fmt: skip
 
-_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze}
-_RESHAPE_METHODS = {"flatten", "view", "reshape", "squeeze"}
+ATEN_LEVEL: dict[str, dict] = {
+    "linear": {aten.linear: "linear", aten.matmul: "matmul", aten.mm: "matmul", aten.addmm: "addmm"},
+    "transpose": dict.fromkeys([aten.t, aten.numpy_T, aten.transpose, aten.permute, aten.swapaxes,
+                                aten.swapdims, aten.mT]),
+    "reshape": dict.fromkeys([aten.flatten, aten.view, aten.reshape, aten._unsafe_view, aten.squeeze]),
+    "reduction": {aten.mean: "avg", aten.sum: "sum", aten.amax: "max", aten.amin: "min"},
+    "adaptive_pool": {aten.adaptive_avg_pool1d: "avg", aten.adaptive_avg_pool2d: "avg",
+                      aten._adaptive_avg_pool2d: "avg", aten.adaptive_avg_pool3d: "avg",
+                      aten._adaptive_avg_pool3d: "avg"},
+    "elementwise": dict.fromkeys([
+        aten.relu, aten.relu_, aten.relu6, aten.leaky_relu, aten.leaky_relu_, aten.elu, aten.elu_,
+        aten.selu, aten.celu, aten.gelu, aten.silu, aten.silu_, aten.mish, aten.hardswish,
+        aten.hardswish_, aten.hardsigmoid, aten.hardsigmoid_, aten.hardtanh, aten.hardtanh_,
+        aten.sigmoid, aten.sigmoid_, aten.tanh, aten.tanh_, aten.softplus, aten.dropout, aten.dropout_,
+        aten.alpha_dropout, aten.alpha_dropout_, aten.feature_dropout, aten.feature_dropout_, aten.clamp, aten.clamp_min, aten.clamp_max, aten.abs, aten.neg, aten.mul,
+        aten.div, aten.add, aten.sub, aten.clone, aten.contiguous, aten.detach, aten.alias,
+    ]),
+    "layer_norm": {aten.layer_norm: None},
+    "conv": dict.fromkeys([aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution]),
+    "add": dict.fromkeys([aten.add]),
+}  # fmt: skip
 
-_REDUCTION_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-_REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
+_ROLES = {role: {**TORCH_LEVEL[role], **ATEN_LEVEL[role]} for role in TORCH_LEVEL}
 
+# Modules, by role. ``nn.Linear`` (and subclasses) are the linear role's modules.
 _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
     nn.Dropout, nn.AlphaDropout, nn.Identity,
 )  # fmt: skip
-_ELEMENTWISE_FUNCTIONS = {
-    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu,
-    F.gelu, F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.sigmoid, torch.sigmoid,
-    F.tanh, torch.tanh, F.softplus, F.softsign, F.dropout, F.alpha_dropout, torch.clamp,
-    torch.abs, torch.neg, operator.mul, operator.truediv, operator.add, operator.sub, operator.neg,
-}  # fmt: skip
-_ELEMENTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
-    "clamp_max", "abs", "neg", "mul", "div", "add", "sub", "contiguous", "clone", "detach",
-}  # fmt: skip
-
-
-# Adaptive pooling, by how it pools; dense mode freezes it at the example's geometry.
 _ADAPTIVE_POOL_MODULES = {
     nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
     nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max",
 }  # fmt: skip
-_ADAPTIVE_POOL_FUNCTIONS = {
-    F.adaptive_avg_pool1d: "avg", F.adaptive_avg_pool2d: "avg", F.adaptive_avg_pool3d: "avg",
-    F.adaptive_max_pool1d: "max", F.adaptive_max_pool2d: "max", F.adaptive_max_pool3d: "max",
-}  # fmt: skip
-_REDUCTION_POOLS = {"mean": "avg", "sum": "sum", "amax": "max", "amin": "min"}
+
+
+def _key(node: Node) -> object:
+    """What the tables are keyed by: a function, a method name, or an ATen overload packet."""
+    if node.op == "call_method":
+        return node.target
+    if node.op == "call_function":
+        target = node.target
+        return target.overloadpacket if isinstance(target, torch._ops.OpOverload) else target
+    return None
+
+
+def role(node: Node, name: str) -> object:
+    """The value ``node`` has in role ``name`` (``None`` for a role without values); ``False`` if none."""
+    key = _key(node)
+    try:
+        table = _ROLES[name]
+        return table[key] if key in table else False
+    except TypeError:  # an unhashable target
+        return False
+
+
+def has_role(node: Node, name: str) -> bool:
+    """Whether ``node`` plays role ``name``."""
+    return role(node, name) is not False
+
+
+def op_name(node: Node) -> str:
+    """The bare name of what a node calls: ``relu_`` for ``F.relu_``, ``"relu_"`` and ``aten.relu_.default``."""
+    key = _key(node)
+    if isinstance(key, str):
+        return key
+    if isinstance(key, torch._ops.OpOverloadPacket):
+        return key.__name__.split(".")[-1]
+    return getattr(key, "__name__", "")
+
+
+def arg(node: Node, index: int, name: str, default=None):
+    """Argument ``index`` (positional) or ``name`` (keyword) of a call."""
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[index] if len(node.args) > index else default
 
 
 def pooling(node: Node, modules: dict[str, nn.Module]) -> str | None:
@@ -77,11 +167,10 @@ def pooling(node: Node, modules: dict[str, nn.Module]) -> str | None:
         if getattr(module, "return_indices", False):
             return None
         return _ADAPTIVE_POOL_MODULES.get(type(module))
-    if node.op == "call_function" and node.target in _ADAPTIVE_POOL_FUNCTIONS:
-        return None if node.kwargs.get("return_indices") else _ADAPTIVE_POOL_FUNCTIONS[node.target]
+    if has_role(node, "adaptive_pool"):
+        return None if node.kwargs.get("return_indices") else role(node, "adaptive_pool")
     if reduction_args(node) is not None:
-        name = node.target if isinstance(node.target, str) else node.target.__name__
-        return _REDUCTION_POOLS[name]
+        return role(node, "reduction")
     return None
 
 
@@ -102,46 +191,60 @@ def op_kind(node: Node, modules: dict[str, nn.Module]) -> Kind | None:
     """The kind of ``node`` as an op between a flatten and a Linear (None: not movable)."""
     if node.op == "call_module":
         return module_kind(modules[node.target])
-    if node.op == "call_function" and node.target in _ELEMENTWISE_FUNCTIONS:
+    if has_role(node, "elementwise"):
         return Kind.ELEMENTWISE
-    if node.op == "call_method" and node.target in _ELEMENTWISE_METHODS:
-        return Kind.ELEMENTWISE
-    if node.op == "call_function" and node.target is F.layer_norm:
-        shape = node.kwargs.get("normalized_shape", node.args[1] if len(node.args) > 1 else None)
+    if has_role(node, "layer_norm"):
+        shape = arg(node, 1, "normalized_shape")
         return Kind.ACROSS_FEATURES if isinstance(shape, (tuple, list)) and len(shape) == 1 else None
     return None
 
 
-def linear_operands(node: Node, modules: dict[str, nn.Module]) -> tuple | None:
-    """For a Linear call, ``(input, weight, bias)`` as nodes or qualified names; else None."""
-    if node.op == "call_module" and isinstance(modules[node.target], nn.Linear):
-        linear = modules[node.target]
-        bias = f"{node.target}.bias" if linear.bias is not None else None
-        return node.args[0], f"{node.target}.weight", bias
-    if node.op == "call_function" and node.target in _LINEAR_FUNCTIONS:
-        args = list(node.args) + [None] * (3 - len(node.args))
-        input_ = node.kwargs.get("input", args[0])
-        return input_, node.kwargs.get("weight", args[1]), node.kwargs.get("bias", args[2])
-    return None
+def is_linear_module(node: Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` calls an ``nn.Linear`` (or a subclass)."""
+    return node.op == "call_module" and isinstance(modules[node.target], nn.Linear)
 
 
 def is_reshape(node: Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node`` is a reshape that could be a flatten (its shapes decide)."""
     if node.op == "call_module":
         return isinstance(modules[node.target], nn.Flatten)
-    if node.op == "call_function":
-        return node.target in _RESHAPE_FUNCTIONS
-    return node.op == "call_method" and node.target in _RESHAPE_METHODS
+    return has_role(node, "reshape")
+
+
+def squeezes_every_dim(node: Node) -> bool:
+    """A ``squeeze()`` with no dim: it also drops the batch dim when the batch is 1."""
+    return op_name(node) == "squeeze" and arg(node, 1, "dim") is None
+
+
+def swaps_2d(node: Node) -> bool:
+    """Whether ``node`` transposes a matrix: ``w.t()``, ``w.T``, ``w.transpose(0, 1)``, ``w.permute(1, 0)``."""
+    if not has_role(node, "transpose"):
+        return False
+    name = op_name(node)
+    if name == "getattr":  # ``w.T`` / ``w.mT`` as symbolic_trace records it
+        return arg(node, 1, "name") in ("T", "mT")
+    if name in ("t", "numpy_T", "mT"):
+        return True
+    if name == "permute":
+        dims = arg(node, 1, "dims")
+        dims = node.args[1:] if isinstance(dims, int) else dims  # x.permute(1, 0)
+        return isinstance(dims, (tuple, list)) and [d % 2 for d in dims] == [1, 0]
+    a, b = arg(node, 1, "dim0"), arg(node, 2, "dim1")
+    return isinstance(a, int) and isinstance(b, int) and a % 2 != b % 2
+
+
+def is_conv(node: Node, modules: dict[str, nn.Module]) -> bool:
+    """A convolution (module or call)."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], nn.modules.conv._ConvNd)
+    return has_role(node, "conv")
 
 
 def reduction_args(node: Node) -> tuple[object, bool] | None:
     """For a mean/sum/amax/amin call, ``(dim, keepdim)`` as written; else None."""
-    is_function = node.op == "call_function" and node.target in _REDUCTION_FUNCTIONS
-    is_method = node.op == "call_method" and node.target in _REDUCTION_METHODS
-    if not (is_function or is_method):
+    if not has_role(node, "reduction"):
         return None
-    args = list(node.args[1:]) + [None, False]
-    return node.kwargs.get("dim", args[0]), bool(node.kwargs.get("keepdim", args[1]))
+    return arg(node, 1, "dim"), bool(arg(node, 2, "keepdim", False))
 
 
 def first_input(node: Node) -> object:
@@ -149,10 +252,10 @@ def first_input(node: Node) -> object:
     return node.kwargs.get("input", node.args[0] if node.args else None)
 
 
-def data_input(node: Node) -> Node | None:
-    """The one node a single-input op reads (its first argument), or None if it reads others too."""
+def data_input(node: Node, allowed=lambda other: False) -> Node | None:
+    """The one node a single-input op reads (its first argument); None if it reads others not ``allowed``."""
     first = first_input(node)
-    others = [a for a in node.all_input_nodes if a is not first]
+    others = [a for a in node.all_input_nodes if a is not first and not allowed(a)]
     return first if isinstance(first, Node) and not others else None
 
 
@@ -160,5 +263,5 @@ def is_inplace(node: Node, modules: dict[str, nn.Module]) -> bool:
     """Whether ``node`` writes into its input."""
     if node.op == "call_module":
         return bool(getattr(modules[node.target], "inplace", False))
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    name = op_name(node)
     return bool(node.kwargs.get("inplace", False)) or (name.endswith("_") and not name.startswith("__"))

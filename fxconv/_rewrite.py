@@ -12,6 +12,11 @@ identity applied to ``x.reshape(N, C·H·W, 1, 1)``. A flatten of (N, C, L) give
 (N, C, D, H, W) conv3d. A global reduction that ends 2-D (``x.mean([2, 3])``) is the flatten of the same
 reduction with ``keepdim=True``.
 
+A Linear call may be spelled ``nn.Linear``, ``F.linear``, ``x @ W.t() + b``, ``torch.addmm(b, x, W.t())``,
+``torch.matmul(x, W.T)`` or their ATen forms (``_patterns``): each is read as (input, weight, bias), the
+weight laid out (out, in) by undoing the transposes it was written with, and a bias add after a matmul
+becomes the convolution's bias.
+
 How. Every step replaces a 2-D node ``v = op(flatten(m))`` by ``flatten(op(m))``: ops that commute with
 flattening (element-wise ones always; per-feature ones such as BatchNorm1d, and LayerNorm over the
 features, when all features sit on the channel axis) move in front of the flatten, and the Linear
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +54,7 @@ from .report import Converted, Report, Skipped
 log = logging.getLogger("fxconv")
 
 CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}  # keyed by the number of spatial dims
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _CHANNEL_KINDS = (P.Kind.PER_FEATURE, P.Kind.ACROSS_FEATURES)  # need every feature on the channel axis
 
 
@@ -72,6 +79,7 @@ class _Flat:
     features: tuple[int, ...]  # (C, *S) of one batch item's map
     origin: tuple[int, ...]  # (C, *S) of the map the user flattened (differs from ``features`` for 1x1)
     folded: bool = False  # the map is (1, C, *S[:-1], N·S[-1]): the batch tiled along the last axis
+    squeezed: bool = False  # flattened by ``squeeze()``, which drops the batch dim too when it is 1
 
     @property
     def on_channels(self) -> bool:
@@ -82,6 +90,18 @@ class _Flat:
 def _on_channels(features: tuple[int, ...]) -> bool:
     """Whether a map of (C, *S) features has all its spatial dims equal to 1."""
     return all(s == 1 for s in features[1:])
+
+
+@dataclass(frozen=True)
+class LinearCall:
+    """One Linear-like call, read as ``input @ weight.T + bias`` whatever its spelling."""
+
+    node: Node  # the node whose value is the Linear's output (after a bias add, the add)
+    input: Node
+    weight: Node | str  # a node, or a parameter's qualified name (of an nn.Linear)
+    transposed: bool  # the weight as given is laid out (in, out), as the right operand of a matmul
+    bias: Node | str | None
+    refusal: tuple[str, str] | None = None  # (code, reason): the call cannot be rewritten as written
 
 
 @dataclass(frozen=True)
@@ -98,9 +118,54 @@ def shape_of(node: object) -> tuple[int, ...] | None:
     return tuple(meta.shape) if hasattr(meta, "shape") else None
 
 
-def _label(node: Node) -> str:
-    """How a node is named to a user: the module it calls, or the node's own name."""
-    return str(node.target) if node.op == "call_module" else node.name
+def _label(call: LinearCall) -> str:
+    """How a Linear call is named to a user: its module's qualified name where it has one."""
+    if call.node.op == "call_module":
+        return str(call.node.target)
+    weight = _untransposed(call.weight)[0] if isinstance(call.weight, Node) else None
+    if weight is not None and weight.op == "get_attr":  # torch.export keeps the parameter's name
+        return weight.target.removesuffix(".weight")
+    stack = call.node.meta.get("nn_module_stack")
+    path = list(stack.values())[-1][0] if stack else ""
+    return path or call.node.name
+
+
+def _untransposed(node: Node) -> tuple[Node, bool]:
+    """The node a chain of matrix transposes starts from, and whether the chain transposes it."""
+    flipped = False
+    while P.swaps_2d(node) and isinstance(P.first_input(node), Node) and len(shape_of(node) or ()) == 2:
+        node, flipped = P.first_input(node), not flipped
+    return node, flipped
+
+
+def _constants(graph: fx.Graph) -> set[Node]:
+    """The nodes computed from parameters, buffers and constants alone: what a weight operand may be."""
+    found: set[Node] = set()
+    for node in graph.nodes:
+        inputs = node.all_input_nodes
+        if node.op == "get_attr" or (node.op.startswith("call_") and inputs and all(i in found for i in inputs)):
+            found.add(node)
+    return found
+
+
+def _module_refusal(module: nn.Linear) -> tuple[str, str] | None:
+    """Why an ``nn.Linear`` module's call is more than ``F.linear`` (a rewrite would lose it), if it is."""
+    if type(module).forward is not nn.Linear.forward:
+        return (
+            "custom-forward",
+            f"{type(module).__name__} overrides Linear.forward (fake quantisation, adapters, ...), which a "
+            "convolution would drop: capture with torch.export (capture='export') to see what it computes",
+        )
+    hooks = [h.strip("_").replace("_", " ") for h in _HOOKS if getattr(module, h, None)]
+    global_hooks = [h for h in ("_global_forward_hooks", "_global_forward_pre_hooks") if getattr(nn.modules.module, h)]
+    if hooks or global_hooks:
+        what = ", ".join(hooks) or "global module hooks"
+        return (
+            "hooked",
+            f"the module has {what} (spectral_norm, weight_norm and feature taps use them), which a "
+            "convolution would not run: capture with torch.export (capture='export') to inline them",
+        )
+    return None
 
 
 def describe(node: Node, modules: dict[str, nn.Module]) -> str:
@@ -120,6 +185,8 @@ class HeadRewriter:
         self.gm, self.graph, self.method, self.report = gm, gm.graph, method, report
         self.folded = layout == "folded"
         self.modules = dict(gm.named_modules())
+        self.constants = _constants(self.graph)
+        self.seen: dict[str, int] = {}  # how many calls of each name were met: repeated calls are numbered
         self.flats: dict[Node, _Flat] = {}  # every node known to be a flatten of a map
         self.maps: list[Node] = []  # the feature maps that heads read (their first convolution's input)
 
@@ -138,21 +205,77 @@ class HeadRewriter:
     def rewrite_heads(self) -> None:
         """Visit the Linear calls in graph order; convert each one that can be, report the others."""
         for node in list(self.graph.nodes):
-            operands = P.linear_operands(node, self.modules)
-            if operands is None:
+            call = self.linear_call(node)
+            if call is None:
                 continue
-            found = self._trace_back(node, operands[0])
+            name = self._name(call)
+            found = Skipped(name, *call.refusal) if call.refusal else self._trace_back(call, name)
             if isinstance(found, Skipped):
                 self.report.skipped.append(found)
                 log.debug("fxconv: left %s alone: %s", found.name, found.reason)
                 continue
-            self._convert(node, found, *operands[1:])
+            self._convert(call, name, found)
+
+    def _name(self, call: LinearCall) -> str:
+        """The call's label; the second and later calls of one Linear are numbered."""
+        label = _label(call)
+        self.seen[label] = self.seen.get(label, 0) + 1
+        return label if self.seen[label] == 1 else f"{label} (call {self.seen[label]})"
+
+    # -- finding Linear calls --------------------------------------------------------------------
+
+    def linear_call(self, node: Node) -> LinearCall | None:
+        """``node`` read as a Linear call, or None if it is none (an activation × activation matmul)."""
+        if P.is_linear_module(node, self.modules):
+            module = self.modules[node.target]
+            bias = f"{node.target}.bias" if module.bias is not None else None
+            return LinearCall(node, P.first_input(node), f"{node.target}.weight", False, bias, _module_refusal(module))
+        form = P.role(node, "linear")
+        if form == "linear":
+            return LinearCall(node, P.arg(node, 0, "input"), P.arg(node, 1, "weight"), False, P.arg(node, 2, "bias"))
+        if form == "addmm":
+            bias, x, w = P.arg(node, 0, "input"), P.arg(node, 1, "mat1"), P.arg(node, 2, "mat2")
+        elif form == "matmul":
+            (x, w), bias = node.args[:2], None
+        else:
+            return None
+        if w not in self.constants:
+            if x in self.constants:
+                return LinearCall(node, w, x, False, None, (
+                    "weight-on-left",
+                    "a constant multiplies from the left (W @ x): it mixes along the rows, not the features",
+                ))  # fmt: skip
+            return None  # both operands computed from the inputs (attention's q @ k): no weight
+        weight, flipped = _untransposed(w)
+        call = LinearCall(node, x, weight, not flipped, bias)
+        if len(shape_of(w) or ()) != 2:
+            return LinearCall(node, x, w, True, bias, (
+                "weight-rank", f"its constant operand has shape {shape_of(w)}, not a (in, out) matrix",
+            ))  # fmt: skip
+        if form == "addmm":
+            if (node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)) != (1, 1):
+                return LinearCall(node, x, weight, not flipped, bias, (
+                    "scaled", "addmm with beta or alpha other than 1 scales the product or the bias",
+                ))  # fmt: skip
+            return call
+        return self._with_bias_add(call)
+
+    def _with_bias_add(self, call: LinearCall) -> LinearCall:
+        """A matmul whose one user adds a constant vector of its output width: that add is its bias."""
+        (user,) = call.node.users if len(call.node.users) == 1 else (None,)
+        if user is None or not P.has_role(user, "add") or user.kwargs.get("alpha", 1) != 1 or len(user.args) != 2:
+            return call
+        bias = user.args[1] if user.args[0] is call.node else user.args[0]
+        width = (shape_of(call.node) or (None,))[-1]
+        if bias not in self.constants or math.prod(shape_of(bias) or (0,)) != width or shape_of(user) != shape_of(call.node):
+            return call
+        return LinearCall(user, call.input, call.weight, call.transposed, bias)
 
     # -- finding the flatten ---------------------------------------------------------------------
 
-    def _trace_back(self, linear: Node, start: object) -> _Path | Skipped:
+    def _trace_back(self, call: LinearCall, name: str) -> _Path | Skipped:
         """Follow the Linear's input back through movable ops to the flatten that feeds it."""
-        name = _label(linear)
+        linear, start = call.node, call.input
         if start in self.flats:  # made by this pass: a head's previous Linear, or a shared flatten
             return _Path(start, [])
         shape = shape_of(start)
@@ -239,7 +362,20 @@ class HeadRewriter:
             return None
         if P.is_reshape(node, self.modules):  # one that leaves a 2-D tensor as it is: view(x.size(0), -1)
             return P.first_input(node) if shape_of(P.first_input(node)) == shape else None
-        return P.data_input(node) if P.op_kind(node, self.modules) is not None else None
+        kind = P.op_kind(node, self.modules)
+        if kind is None:
+            return None
+        return P.data_input(node, lambda other: self._broadcasts_alike(other, kind))
+
+    def _broadcasts_alike(self, operand: Node, kind: P.Kind) -> bool:
+        """Whether a constant operand of an op acts the same on the map as on the flattened (N, F) tensor.
+
+        A norm over the features runs on the map with its channels last, where its per-feature weight
+        broadcasts as before; an element-wise op's operand must be a single value (``x * self.scale``).
+        """
+        if operand not in self.constants:
+            return False
+        return kind is P.Kind.ACROSS_FEATURES or math.prod(shape_of(operand) or (0,)) == 1
 
     def _check_chain(self, name: str, path: _Path) -> _Path | Skipped:
         """Refuse chains whose ops cannot run on the map the method gives."""
@@ -274,23 +410,34 @@ class HeadRewriter:
 
     # -- rewriting -------------------------------------------------------------------------------
 
-    def _convert(self, linear: Node, path: _Path, weight, bias) -> None:
+    def _convert(self, call: LinearCall, name: str, path: _Path) -> None:
         """Rewrite ``linear(chain(source))`` as ``flatten(conv(chain(map)))``."""
         flat = self._open(path.source)
         for node in path.chain:
             flat = self.move(node, flat)
         spatial = flat.features[1:]
+        linear = call.node
         out_features = shape_of(linear)[1]
         with self.graph.inserting_before(linear):
-            w = self.graph.get_attr(weight) if isinstance(weight, str) else weight
+            w = self._get_attr(call.weight) if isinstance(call.weight, str) else call.weight
+            if call.transposed:
+                w = self.graph.call_method("t", (w,))
             w = self.graph.call_method("unflatten", (w, 1, flat.features))
-            b = self.graph.get_attr(bias) if isinstance(bias, str) else bias
+            b = self._get_attr(call.bias) if isinstance(call.bias, str) else call.bias
+            if len(shape_of(b) or (0,)) != 1:  # a (1, out) bias added after a matmul
+                b = self.graph.call_method("reshape", (b, (-1,)))
             # Folded, the batch items sit side by side along the last axis: the kernel steps over them.
             stride = spatial if flat.folded else 1
             conv = self.graph.call_function(CONVS[len(spatial)], (flat.map, w, b, stride))
-        self.report.converted.append(Converted(_label(linear), self.method, flat.origin, spatial, conv.name))
-        log.debug("fxconv: %s -> %s, kernel %s", _label(linear), conv.name, spatial)
-        self._flatten(conv, (out_features, *(1,) * len(spatial)), linear, folded=flat.folded)
+        self.report.converted.append(Converted(name, self.method, flat.origin, spatial, conv.name))
+        log.debug("fxconv: %s -> %s, kernel %s", name, conv.name, spatial)
+        self._flatten(conv, (out_features, *(1,) * len(spatial)), linear, folded=flat.folded, squeezed=flat.squeezed)
+
+    def _get_attr(self, name: str) -> Node:
+        """A get_attr of a Linear's parameter; a parametrized one is a property, which fx warns of needlessly."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Attempted to insert a get_attr Node with no underlying reference")
+            return self.graph.get_attr(name)
 
     def _open(self, source: Node) -> _Flat:
         """The flatten a path starts from, with its map built for the method (made once per source)."""
@@ -308,14 +455,14 @@ class HeadRewriter:
             kept.meta.update({k: v for k, v in source.meta.items() if k != "tensor_meta"})
             flat = self._flatten(kept, features, source)
         else:
-            flat = _Flat(source, inp, features, features)
+            flat = _Flat(source, inp, features, features, squeezed=P.squeezes_every_dim(source))
         self.maps.append(flat.map)
         if self.method == "1x1" and not flat.on_channels:
             with self.graph.inserting_after(flat.node):
                 size = math.prod(features)
                 ones = (1,) * (len(features) - 1)
                 reshaped = self.graph.call_method("reshape", (flat.map, (-1, size, *ones)))
-            flat = _Flat(flat.node, reshaped, (size, *ones), flat.origin)
+            flat = _Flat(flat.node, reshaped, (size, *ones), flat.origin, squeezed=flat.squeezed)
         if self.folded:
             # (N, C, *S) -> (C, *S[:-1], N, S[-1]) -> (1, C, *S[:-1], N·S[-1]): one image for the runtime,
             # so that each convolution is a single GEMM over the whole batch.
@@ -323,7 +470,7 @@ class HeadRewriter:
                 moved = self.graph.call_method("movedim", (flat.map, 0, -2))
             with self.graph.inserting_after(moved):
                 folded = self.graph.call_method("reshape", (moved, (1, *flat.features[:-1], -1)))
-            flat = _Flat(flat.node, folded, flat.features, flat.origin, folded=True)
+            flat = _Flat(flat.node, folded, flat.features, flat.origin, folded=True, squeezed=flat.squeezed)
         self.flats[flat.node] = flat
         return flat
 
@@ -343,18 +490,26 @@ class HeadRewriter:
             moved.meta.pop("tensor_meta", None)  # its shape is the map's now, not the 2-D one
             if across:
                 moved = self.graph.call_method("movedim", (moved, -1, 1))
-        return self._flatten(moved, flat.features, node, origin=flat.origin, folded=flat.folded)
+        return self._flatten(moved, flat.features, node, origin=flat.origin, folded=flat.folded, squeezed=flat.squeezed)
 
-    def _flatten(self, map_: Node, features: tuple[int, ...], replaces: Node, origin=None, folded=False) -> _Flat:
-        """Insert the (N, K) flattening of ``map_`` in place of ``replaces`` (which is erased); record it."""
+    def _flatten(
+        self, map_: Node, features: tuple[int, ...], replaces: Node, origin=None, folded=False, squeezed=False
+    ) -> _Flat:
+        """Insert the (N, K) flattening of ``map_`` in place of ``replaces`` (which is erased); record it.
+
+        ``squeezed``: the head was flattened by ``squeeze()``, which gives (K,) for a batch of one, so the
+        result is ``squeeze(0)``-ed too — a no-op for any other batch size.
+        """
         with self.graph.inserting_before(replaces):
             batched = map_
             if folded:  # undo the fold: (1, C, *S[:-1], N·S[-1]) -> (C, *S[:-1], N, S[-1]) -> (N, C, *S)
                 unfolded = self.graph.call_method("reshape", (map_, (*features[:-1], -1, features[-1])))
                 batched = self.graph.call_method("movedim", (unfolded, -2, 0))
             node = self.graph.call_function(torch.flatten, (batched, 1))
+            if squeezed:
+                node = self.graph.call_method("squeeze", (node, 0))
         replaces.replace_all_uses_with(node)
         self.graph.erase_node(replaces)
-        flat = _Flat(node, map_, features, origin or features, folded)
+        flat = _Flat(node, map_, features, origin or features, folded, squeezed)
         self.flats[node] = flat
         return flat

@@ -22,11 +22,20 @@ def as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
     return tuple(inputs)
 
 
+def batch_of_two(t: torch.Tensor) -> torch.Tensor:
+    """An example with batch ≥ 2: torch.export specialises a batch of 1 to a constant."""
+    return torch.cat([t, t]) if t.dim() > 0 and t.shape[0] == 1 else t
+
+
 @contextlib.contextmanager
 def eval_mode(module: nn.Module):
-    """Put ``module`` in eval mode for the duration, then restore each submodule's own flag."""
+    """Put ``module`` in eval mode for the duration, then restore each submodule's own flag.
+
+    The flags are set directly: ``ExportedProgram.module()`` refuses ``.eval()``.
+    """
     flags = [(m, m.training) for m in module.modules()]
-    module.eval()
+    for m, _ in flags:
+        m.training = False
     try:
         yield
     finally:

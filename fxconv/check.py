@@ -25,6 +25,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch.export import ExportedProgram
 
 from ._util import as_tuple, eval_mode, first_line
 from .errors import OnnxError
@@ -77,7 +78,7 @@ def op_census(model: onnx.ModelProto) -> dict[str, int]:
 
 def check_onnx(
     path: str | os.PathLike,
-    reference: nn.Module,
+    reference: nn.Module | ExportedProgram,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
     *,
     batch_sizes: tuple[int, ...] | None = None,
@@ -87,17 +88,21 @@ def check_onnx(
 ) -> OnnxCheck:
     """Run the ONNX file and ``reference`` (in eval mode) on the same random inputs and compare.
 
-    ``batch_sizes`` defaults to 1 and one size larger than the example's batch. A missing, corrupt
-    or interface-mismatched file raises :class:`OnnxError`; differing numbers give ``passed=False``.
+    ``batch_sizes`` defaults to 1 and one size larger than the example's batch (the file's own batch
+    if it is static). A missing, corrupt or interface-mismatched file raises :class:`OnnxError`;
+    differing numbers give ``passed=False``.
     """
     example = as_tuple(example_inputs)
+    if isinstance(reference, ExportedProgram):
+        reference = reference.module()
     model = load_onnx(path)
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:
         raise OnnxError(f"onnxruntime cannot load {path}: {first_line(e)}") from e
     _check_interface(session, example, path)
-    sizes = batch_sizes or (1, max(example[0].shape[0], 2) + 1)
+    static = session.get_inputs()[0].shape[0]
+    sizes = batch_sizes or ((static,) if isinstance(static, int) else (1, max(example[0].shape[0], 2) + 1))
     generator = torch.Generator().manual_seed(seed)
     max_abs = max_rel = 0.0
     passed = True

@@ -12,28 +12,28 @@ After, ``method="1x1"``::
 
     x ─ reshape (N, C·H·W, 1, 1) ─ conv2d(W1.view(F, C·H·W, 1, 1)) ─ ReLU ─ conv2d(W2.view(K, F, 1, 1)) ─ flatten ─▶ (N, K)
 
-The rewrite itself and its math are in ``_rewrite.py``; dense mode (``dense=True``) in ``_dense.py``.
-This module holds what surrounds them: tracing (or accepting a traced GraphModule), copying unless
-``inplace``, and one run on the example inputs that records every node's shape.
+The steps: capture (``capture.py``: symbolic_trace, torch.export, or the graph you give, with every
+node's shape recorded on the example), rewrite (``_rewrite.py``, with the spellings of both graph levels
+in ``_patterns.py``; dense mode in ``_dense.py``), and the report.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import NamedTuple
 
 import torch
 from torch import fx, nn
-from torch.fx import Node
-from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch.export import ExportedProgram
 
 from ._dense import DenseRewriter
 from ._rewrite import HeadRewriter
-from ._util import as_tuple, eval_mode, first_line
-from .errors import ExampleInputError, InvalidArgumentError, NotConvertibleError, TraceError
+from ._util import as_tuple
+from .capture import CAPTURES, export_again
+from .capture import capture as capture_graph  # the name ``capture`` is convert's keyword
+from .errors import InvalidArgumentError, NotConvertibleError
 from .report import Report
 
-__all__ = ["LAYOUTS", "METHODS", "ConvertResult", "convert"]
+__all__ = ["CAPTURES", "LAYOUTS", "METHODS", "ConvertResult", "convert"]
 
 METHODS = ("kernel", "1x1")
 LAYOUTS = ("folded", "batched")
@@ -42,12 +42,12 @@ LAYOUTS = ("folded", "batched")
 class ConvertResult(NamedTuple):
     """What :func:`convert` returns: unpack it as ``module, report = result``."""
 
-    module: fx.GraphModule
+    module: fx.GraphModule | ExportedProgram
     report: Report
 
 
 def convert(
-    model: nn.Module,
+    model: nn.Module | ExportedProgram,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
     method: str = "kernel",
     *,
@@ -55,15 +55,21 @@ def convert(
     dense: bool = False,
     strict: bool = False,
     inplace: bool = False,
+    capture: str = "auto",
 ) -> ConvertResult:
     """Rewrite every Linear fed by a flattened feature map in ``model`` as a convolution.
 
-    ``model`` is an ``nn.Module`` (traced with ``torch.fx.symbolic_trace``) or a ``GraphModule`` you
-    traced yourself. ``example_inputs`` (a tensor or a tuple of tensors) is run once to learn shapes.
+    ``model`` is an ``nn.Module``, a ``GraphModule`` you traced yourself (symbolic_trace, a custom
+    tracer, or ``ExportedProgram.module()``), or an ``ExportedProgram`` (then the result is an
+    ExportedProgram too, dynamic where the given one was). An ``nn.Module`` is captured with
+    ``torch.fx.symbolic_trace`` when its graph gives the model's outputs on the example, else with
+    ``torch.export`` (``capture="auto"``; ``"fx"`` or ``"export"`` choose one); ``report.capture`` says
+    which. ``example_inputs`` (a tensor or a tuple of tensors) is run once to learn shapes.
     ``method`` is ``"kernel"`` (a conv whose kernel covers the map) or ``"1x1"`` (a 1x1 conv on the
     features reshaped to (N, C·H·W, 1, ...)). The model is copied first unless ``inplace=True``, in which
-    case the result shares its parameters (and a GraphModule is rewritten in place). With
-    ``strict=True``, a Linear that has to be left alone raises :class:`NotConvertibleError`.
+    case the result shares its parameters (and a GraphModule is rewritten in place). Every Linear call
+    that is not converted is in ``report.skipped`` with a reason; with ``strict=True`` any such call
+    raises :class:`NotConvertibleError`.
 
     ``layout`` says where the batch goes inside the head. ``"folded"`` (the default) tiles the batch
     along the last spatial axis, ``(N, K) -> (1, K, 1, N)``, so that a runtime which runs a convolution
@@ -87,61 +93,12 @@ def convert(
             else "dense=True needs layout='batched': the windows of one image already fill the spatial axes"
         )
     inputs = as_tuple(example_inputs)
-    gm = _trace(model, inplace)
-    _propagate_shapes(gm, inputs)
-    report = Report(method=method, layout=layout, dense=dense)
-    (DenseRewriter if dense else HeadRewriter)(gm, method, layout, report).run()
+    captured = capture_graph(model, inputs, capture, inplace=inplace)
+    report = Report(method=method, layout=layout, dense=dense, capture=captured.how, capture_note=captured.note)
+    (DenseRewriter if dense else HeadRewriter)(captured.gm, method, layout, report).run()
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
-    return ConvertResult(gm, report)
+    if captured.program is not None:
+        return ConvertResult(export_again(captured.gm, captured.program, inputs), report)
+    return ConvertResult(captured.gm, report)
 
-
-def _trace(model: nn.Module, inplace: bool) -> fx.GraphModule:
-    """The GraphModule to rewrite: ``model`` (or its copy) traced, or as given if already traced."""
-    if not isinstance(model, nn.Module):
-        raise InvalidArgumentError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not inplace:
-        model = copy.deepcopy(model)
-    if isinstance(model, fx.GraphModule):
-        return model
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as e:
-        raise TraceError(
-            f"torch.fx cannot trace {type(model).__name__}: {first_line(e)}. Trace it yourself (for example with a "
-            "torch.fx.Tracer whose is_leaf_module keeps the untraceable part whole) and pass the "
-            "resulting GraphModule to fxconv"
-        ) from e
-    # symbolic_trace rebuilds containers (ModuleList, ...) as new modules in training mode: give every
-    # module the flag it had, so that an eval model stays entirely in eval mode.
-    flags = {name: m.training for name, m in model.named_modules()}
-    for name, m in gm.named_modules():
-        m.training = flags.get(name, model.training)
-    return gm
-
-
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph once and records each tensor's metadata as ``node.meta["tensor_meta"]``."""
-
-    def run_node(self, n: Node):
-        try:
-            result = super().run_node(n)
-        except Exception as e:
-            raise ExampleInputError(
-                f"the model rejects the example inputs at node {n.name!r} ({n.format_node()}): "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        if isinstance(result, torch.Tensor):
-            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
-        return result
-
-
-def _propagate_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
-    """Record every node's shape for ``inputs``, leaving the model's state and the RNG as they were."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(inputs) > len(placeholders):
-        raise ExampleInputError(f"the model takes {len(placeholders)} inputs, {len(inputs)} were given")
-    # Eval mode so that BatchNorm running statistics are not updated by this extra run; the shapes are
-    # the same in both modes. fork_rng so that dropout here does not shift the user's random stream.
-    with torch.no_grad(), eval_mode(gm), torch.random.fork_rng(devices=[]):
-        _ShapeRecorder(gm).run(*inputs)

@@ -13,6 +13,7 @@ added on top of it:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -23,8 +24,9 @@ import onnx_ir.passes.common as ir_passes
 import torch
 from onnxscript.optimizer import fold_constants
 from torch import nn
+from torch.export import ExportedProgram
 
-from ._util import as_tuple, eval_mode, first_line
+from ._util import as_tuple, batch_of_two, eval_mode, first_line
 from .errors import OnnxError
 
 __all__ = ["export_onnx"]
@@ -36,7 +38,7 @@ _PROTOBUF_LIMIT = 2 * 1024**3  # one-file ONNX models must stay under protobuf's
 
 
 def export_onnx(
-    module: nn.Module,
+    module: nn.Module | ExportedProgram,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
     path: str | os.PathLike,
     *,
@@ -45,32 +47,30 @@ def export_onnx(
     """Export ``module`` (in eval mode) to ONNX at ``path``; return the path.
 
     The batch dimension of every input is dynamic (named ``batch``); with ``dynamic_spatial=True`` the
-    spatial dims are too (``dim2``, ``dim3``, ...: for dense models). Models under 2 GB are one
+    spatial dims are too (``dim2``, ``dim3``, ...: for dense models). An ``ExportedProgram`` is exported
+    as it is, dynamic where it is. Models under 2 GB are one
     self-contained file; larger ones keep their weights in ``<path>.data`` beside it. An existing file
     at ``path`` is replaced only once the new one is complete.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise OnnxError(f"cannot write {path}: directory {path.parent} does not exist")
-    inputs = tuple(_batch_of_two(t) for t in as_tuple(example_inputs))
-    dynamic = tuple(_dynamic_dims(t, dynamic_spatial) for t in inputs)
+    inputs = tuple(batch_of_two(t) for t in as_tuple(example_inputs))
+    exported = isinstance(module, ExportedProgram)
+    dynamic = None if exported else tuple(_dynamic_dims(t, dynamic_spatial) for t in inputs)
     try:
-        with eval_mode(module), warnings.catch_warnings():
+        with contextlib.nullcontext() if exported else eval_mode(module), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
             program = torch.onnx.export(module, inputs, dynamo=True, dynamic_shapes=dynamic, verbose=False)
     except Exception as e:
         raise OnnxError(f"torch.onnx.export failed for {type(module).__name__}: {first_line(e)}") from e
     fold_constants(program.model, should_fold=lambda node: True if node.op_type in _RELAYOUT_OPS else None)
     ir_passes.RemoveUnusedNodesPass()(program.model)
-    external = sum(p.numel() * p.element_size() for p in module.parameters()) >= _PROTOBUF_LIMIT
+    tensors = module.state_dict.values() if exported else module.parameters()
+    external = sum(p.numel() * p.element_size() for p in tensors) >= _PROTOBUF_LIMIT
     _write_atomically(program, path, external)
     log.debug("fxconv: wrote %s", path)
     return path
-
-
-def _batch_of_two(t: torch.Tensor) -> torch.Tensor:
-    """An example with batch ≥ 2: torch.export specialises a batch of 1 to a constant."""
-    return torch.cat([t, t]) if t.dim() > 0 and t.shape[0] == 1 else t
 
 
 def _dynamic_dims(t: torch.Tensor, spatial: bool) -> dict[int, str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 class Converted:
     """One Linear call rewritten as a convolution."""
 
-    name: str  # the Linear's qualified module name, or the graph node of an F.linear call
+    name: str  # the Linear's qualified name (its module or weight), or the graph node; "(call 2)" on a repeat
     method: str  # "kernel" or "1x1"
     flattened_from: tuple[int, ...]  # (C, *S): the feature map its input was a flattening of
     kernel: tuple[int, ...]  # the convolution's kernel size
@@ -42,6 +42,8 @@ class Report:
     method: str
     layout: str = "batched"
     dense: bool = False
+    capture: str = ""  # how the graph was obtained: symbolic_trace, torch.export, GraphModule, ExportedProgram
+    capture_note: str = ""  # why symbolic_trace was not used, where torch.export was
     converted: list[Converted] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     frozen: list[Frozen] = field(default_factory=list)
@@ -56,6 +58,9 @@ class Report:
             f"fxconv (method={self.method!r}, layout={self.layout!r}{mode}): {len(self.converted)} Linear converted, "
             f"{len(self.skipped)} left alone"
         ]
+        if self.capture:
+            because = f" ({self.capture_note})" if self.capture_note else ""
+            lines.append(f"  captured with {self.capture}{because}")
         for c in self.converted:
             shape = "x".join(map(str, c.flattened_from))
             kernel = "x".join(map(str, c.kernel))

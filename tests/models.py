@@ -177,3 +177,89 @@ class SqueezeAll(nn.Module):
 
     def forward(self, x):
         return self.fc(F.adaptive_avg_pool2d(self.conv(x), 1).squeeze())
+
+
+# Linears written as matrix algebra: (x, weight (out, in), bias (out,) or None) -> (N, out). The weight
+# is a parameter, a buffer or a transposed parameter, as users write it.
+MATRIX_SPELLINGS = {
+    "x @ W.t() + b": lambda x, w, b: x @ w.t() + b if b is not None else x @ w.t(),
+    "b + x @ W.T": lambda x, w, b: b + x @ w.T if b is not None else x @ w.T,
+    "torch.matmul(x, W.transpose(0, 1))": lambda x, w, b: _plus(torch.matmul(x, w.transpose(0, 1)), b),
+    "torch.mm(x, W.permute(1, 0))": lambda x, w, b: _plus(torch.mm(x, w.permute(1, 0)), b),
+    "x.matmul(W.t())": lambda x, w, b: _plus(x.matmul(w.t()), b),
+    "torch.addmm(b, x, W.t())": lambda x, w, b: torch.addmm(b, x, w.t()) if b is not None else x.mm(w.t()),
+}
+
+
+def _plus(y, b):
+    return y if b is None else y + b
+
+
+class MatrixHead(nn.Module):
+    """conv -> flatten -> two Linears written as matrix algebra: ``spelling`` with the first weight a
+    parameter (out, in), the second a buffer stored (in, out) and read as ``x @ W``."""
+
+    def __init__(self, spelling: str, bias: bool = True):
+        super().__init__()
+        self.spelling = spelling
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.w1 = nn.Parameter(torch.randn(8, 48) / 7)
+        self.b1 = nn.Parameter(torch.randn(8)) if bias else None
+        self.register_buffer("w2_in_out", torch.randn(8, 4) / 3)  # stored (in, out): x @ W, no transpose
+        self.b2 = nn.Parameter(torch.randn(1, 4)) if bias else None  # a (1, out) bias, broadcast
+
+    def forward(self, x):
+        x = torch.flatten(self.conv(x), 1)
+        x = F.relu(MATRIX_SPELLINGS[self.spelling](x, self.w1, self.b1))
+        return _plus(x @ self.w2_in_out, self.b2)
+
+
+class HookedHead(nn.Module):
+    """conv -> flatten -> ``fc``, where ``fc`` is whatever Linear the test gives (hooked, QAT, normed...)."""
+
+    def __init__(self, fc: nn.Module):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc = fc
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.conv(x), 1))
+
+
+class Attention(nn.Module):
+    """q @ k^T of two activations and a Linear applied per token: no weight in the first, not-2d the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.qk = nn.Linear(4, 8)
+
+    def forward(self, x):  # (N, T, 4)
+        q, k = self.qk(x).chunk(2, -1)
+        return (q @ k.transpose(-2, -1)).softmax(-1)
+
+
+class LeftWeight(nn.Module):
+    """A constant multiplying from the left: mixes rows, not features."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 3))
+
+    def forward(self, x):  # (3, K)
+        return self.w @ x
+
+
+class InstanceForward(nn.Module):
+    """``forward`` set on the instance (pretrainedmodels does this): symbolic_trace would trace the class's."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 4)
+        self.forward = self.logits
+
+    def forward(self, x):  # the class's forward, which the instance does not use
+        return self.fc(self.conv(x).amax((2, 3)))
+
+    def logits(self, x):
+        return self.fc(self.conv(x).mean((2, 3))) * 2

@@ -1,0 +1,246 @@
+"""Capture: the GraphModule the rewrite works on, from whatever the user holds, with every node's shape.
+
+::
+
+    nn.Module ──symbolic_trace──▶ torch-level GraphModule ── equal to the model on the example? ──▶ rewrite
+        │                                  (trace failed, or not equal, or forward set on the instance)
+        └──────────torch.export (dynamic batch)──▶ ExportedProgram.module(): ATen-level GraphModule ──▶ rewrite
+    GraphModule (traced by you, or ExportedProgram.module()) ───────────────────────────────────────▶ rewrite
+    ExportedProgram ──.module()──▶ ATen-level GraphModule ──▶ rewrite ──▶ torch.export again
+
+The rewrite never asks how its graph was made: ``_patterns`` maps both levels' spellings to the same roles.
+
+Faithful. ``symbolic_trace`` can record a graph that is not the model: it traces the class's ``forward``
+even where the instance has its own (``model.forward = ...``, as pretrainedmodels does), and it drops the
+hooks of the modules it traces through. So its graph is run on the example beside the model, and only a
+graph that gives the model's outputs is used; otherwise ``capture="auto"`` falls back to torch.export,
+whose graph inlines hooks and instance methods.
+
+Where tracing failed. When no capture works, the error names the innermost module of the model and the
+source line (outside torch) where each tracer stopped, read from the exception's traceback.
+"""
+
+from __future__ import annotations
+
+import copy
+import sysconfig
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+from torch.export import Dim, ExportedProgram
+from torch.fx import Node
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch.utils._pytree import tree_leaves
+
+from ._util import batch_of_two, eval_mode, first_line
+from .errors import ExampleInputError, InvalidArgumentError, TraceError
+
+__all__ = ["CAPTURES", "Captured", "capture", "export_again"]
+
+CAPTURES = ("auto", "fx", "export")
+_TORCH_AND_FXCONV = tuple(str(Path(p).resolve()) for p in (torch.__path__[0], Path(__file__).parent))
+_STDLIB = str(Path(sysconfig.get_path("stdlib")).resolve())
+
+
+def _is_library(file: str) -> bool:
+    """Code that is not the model's: torch, fxconv, Python's own modules (site-packages hold models)."""
+    path = str(Path(file).resolve())
+    in_stdlib = path.startswith(_STDLIB) and "-packages" not in path
+    return path.startswith(_TORCH_AND_FXCONV) or in_stdlib or file.startswith("<")
+
+
+@dataclass
+class Captured:
+    """A graph ready for the rewrite, and how it was obtained."""
+
+    gm: fx.GraphModule
+    how: str  # "symbolic_trace", "torch.export", "GraphModule" (given) or "ExportedProgram" (given)
+    note: str = ""  # why the first choice was not used, for the report
+    program: ExportedProgram | None = None  # the ExportedProgram given, whose result is exported again
+
+
+def capture(model, inputs: tuple[torch.Tensor, ...], how: str = "auto", *, inplace: bool = False) -> Captured:
+    """The graph of ``model`` (copied unless ``inplace``), with every node's shape recorded for ``inputs``."""
+    if how not in CAPTURES:
+        raise InvalidArgumentError(f"unknown capture {how!r}: choose one of {', '.join(CAPTURES)}")
+    if isinstance(model, ExportedProgram):
+        gm = model.module()
+        captured = Captured(gm if inplace else _copy(gm), "ExportedProgram", program=model)
+    elif not isinstance(model, nn.Module):
+        raise InvalidArgumentError(
+            f"model must be a torch.nn.Module, a GraphModule or an ExportedProgram, got {type(model).__name__}"
+        )
+    else:
+        model = model if inplace else _copy(model)
+        if isinstance(model, fx.GraphModule):
+            captured = Captured(model, "GraphModule")
+        else:
+            return _capture_module(model, inputs, how)
+    record_shapes(captured.gm, inputs)
+    return captured
+
+
+def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str) -> Captured:
+    """symbolic_trace if it gives the model itself (``how`` "auto" or "fx"), else torch.export."""
+    note = ""
+    if how != "export":
+        try:
+            gm = _symbolic_trace(model)
+            outputs = record_shapes(gm, inputs)
+            if _same(outputs, _run(model, inputs)):
+                return Captured(gm, "symbolic_trace")
+            note = "symbolic_trace's graph gives other outputs than the model (hooks on a traced-through module?)"
+        except TraceError as e:
+            note = str(e)
+        if how == "fx":
+            raise TraceError(f"capture='fx': {note}")
+    try:
+        program = _export(model, inputs)
+    except Exception as e:
+        tried = f"{note}; " if note else ""
+        raise TraceError(
+            f"fxconv cannot capture {type(model).__name__}: {tried}torch.export failed{_where(e, model)}: "
+            f"{first_line(e)}. Make that code traceable, or trace the model yourself (for example with a "
+            "torch.fx.Tracer whose is_leaf_module keeps that module whole) and pass the GraphModule to fxconv"
+        ) from e
+    gm = program.module()
+    record_shapes(gm, inputs)
+    return Captured(gm, "torch.export", note)
+
+
+def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace``, with each module's train/eval flag kept; a TraceError says where it stopped."""
+    if "forward" in vars(model):
+        raise TraceError(f"{type(model).__name__} has a forward set on the instance, which symbolic_trace ignores")
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as e:
+        raise TraceError(f"symbolic_trace failed{_where(e, model)}: {first_line(e)}") from e
+    # symbolic_trace rebuilds containers (ModuleList, ...) as new modules in training mode: give every
+    # module the flag it had, so that an eval model stays entirely in eval mode.
+    flags = {name: m.training for name, m in model.named_modules()}
+    for name, m in gm.named_modules():
+        m.training = flags.get(name, model.training)
+    return gm
+
+
+def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ExportedProgram:
+    """torch.export with a dynamic batch (examples of batch 1 doubled: export specialises a batch of 1)."""
+    examples = tuple(batch_of_two(t) for t in inputs)
+    dynamic = tuple({0: Dim.AUTO} if t.dim() else {} for t in examples)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore")
+        return torch.export.export(model, examples, dynamic_shapes=dynamic)
+
+
+def export_again(gm: fx.GraphModule, program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> ExportedProgram:
+    """The rewritten graph of an ExportedProgram as an ExportedProgram, dynamic where the original was."""
+    specs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+    dynamic = tuple(
+        {d: Dim.AUTO for d, size in enumerate(n.meta["val"].shape) if not isinstance(size, int)} for n in specs
+    )
+    examples = tuple(batch_of_two(t) if 0 in dims else t for t, dims in zip(inputs, dynamic))
+    try:
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore")
+            return torch.export.export(gm, examples, dynamic_shapes=dynamic)
+    except Exception as e:
+        raise TraceError(f"torch.export of the converted program failed: {first_line(e)}") from e
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy; a model that cannot be copied is an fxconv error with the way round it."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as e:
+        raise TraceError(
+            f"fxconv cannot copy {type(model).__name__} ({first_line(e)}); pass inplace=True to rewrite it "
+            "without a copy (the result then shares its parameters)"
+        ) from e
+
+
+def _run(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
+    """The model's outputs on ``inputs``, in eval mode, leaving its state and the RNG as they were."""
+    with torch.no_grad(), eval_mode(model), torch.random.fork_rng(devices=[]):
+        return model(*inputs)
+
+
+def _same(a, b) -> bool:
+    """Whether two outputs (tensors, or nests of them) hold the same values."""
+    leaves_a, leaves_b = tree_leaves(a), tree_leaves(b)
+    if len(leaves_a) != len(leaves_b):
+        return False
+    for x, y in zip(leaves_a, leaves_b):
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+        if isinstance(x, torch.Tensor):
+            if x.shape != y.shape or x.dtype != y.dtype or not torch.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph once and records each tensor's metadata as ``node.meta["tensor_meta"]``."""
+
+    def run_node(self, n: Node):
+        try:
+            result = super().run_node(n)
+        except Exception as e:
+            where = n.meta.get("stack_trace", "").strip().splitlines()[-1:] or [n.format_node()]
+            raise ExampleInputError(
+                f"the model rejects the example inputs at {_node_place(n)} ({where[0].strip()}): "
+                f"{type(e).__name__}: {first_line(e)}"
+            ) from e
+        if isinstance(result, torch.Tensor):
+            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
+        return result
+
+
+def record_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]):
+    """Record every node's shape for ``inputs``, leaving the model's state and the RNG as they were."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) > len(placeholders):
+        raise ExampleInputError(f"the model takes {len(placeholders)} inputs, {len(inputs)} were given")
+    # Eval mode so that BatchNorm running statistics are not updated by this extra run; the shapes are
+    # the same in both modes. fork_rng so that dropout here does not shift the user's random stream.
+    with torch.no_grad(), eval_mode(gm), torch.random.fork_rng(devices=[]):
+        return _ShapeRecorder(gm).run(*inputs)
+
+
+def _node_place(node: Node) -> str:
+    """A node as a user knows it: the module it runs in (torch.export records it), or its name."""
+    if node.op == "call_module":
+        return f"module {node.target!r}"
+    stack = node.meta.get("nn_module_stack")
+    path = list(stack.values())[-1][0] if stack else ""
+    return f"module {path!r}" if path else f"node {node.name!r}"
+
+
+def _where(error: BaseException, model: nn.Module) -> str:
+    """' in module 'layer2.0' at file.py:12 (`if x.sum() > 0:`)': where in the model's code a tracer stopped."""
+    names = {id(m): name for name, m in model.named_modules()}
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for e in reversed(chain):  # the original error first: wrappers re-raise from inside torch
+        module, place = None, None
+        for frame, line in traceback.walk_tb(e.__traceback__):
+            owner = frame.f_locals.get("self")
+            if id(owner) in names:
+                module = names[id(owner)]
+            if not _is_library(frame.f_code.co_filename):
+                place = (frame.f_code.co_filename, line)
+        if place:
+            source = traceback.extract_tb(e.__traceback__)
+            text = next((f.line for f in reversed(source) if (f.filename, f.lineno) == place), "")
+            inside = f" in module {module!r}" if module else f" in {type(model).__name__}.forward"  # "": the root
+            return f"{inside} at {Path(place[0]).name}:{place[1]}" + (f" (`{text}`)" if text else "")
+    return ""
+

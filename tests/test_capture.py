@@ -1,0 +1,320 @@
+"""Capture (symbolic_trace, torch.export, given graphs) and every spelling of a Linear call.
+
+Each promise of the capture path is one test: torch.export graphs and ExportedPrograms convert, matrix
+algebra is a Linear, nothing that does more than F.linear is converted by a graph that would lose it,
+a squeeze() head stays exact at batch 1, and a model that cannot be captured gets an error that names
+the module and the line.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import fx, nn
+from torch.export import Dim
+
+import fxconv
+from conftest import assert_same_outputs, onnx_session
+from models import (
+    MATRIX_SPELLINGS,
+    Attention,
+    Head,
+    HookedHead,
+    InstanceForward,
+    LeftWeight,
+    MatrixHead,
+    SqueezeAll,
+)
+
+LINEAR_TARGETS = {F.linear, torch.matmul, torch.mm, torch.addmm, "matmul", "mm", "addmm", "__matmul__"}
+
+
+def weight_products(module) -> list[fx.Node]:
+    """The Linear-like calls left in a converted graph (torch or ATen level)."""
+    gm = module.module() if isinstance(module, torch.export.ExportedProgram) else module
+    modules = dict(gm.named_modules())
+    found = []
+    for n in gm.graph.nodes:
+        name = getattr(n.target, "__name__", str(n.target)).split(".")[0]
+        if (n.op == "call_module" and isinstance(modules[n.target], nn.Linear)) or n.target in LINEAR_TARGETS:
+            found.append(n)
+        elif n.op == "call_function" and name in ("linear", "matmul", "mm", "addmm") or n.target is __import__("operator").matmul:
+            found.append(n)
+    return found
+
+
+def exported(model, x):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.export(model, (x,), dynamic_shapes=({0: Dim.AUTO},))
+
+
+# -- torch.export capture ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", fxconv.METHODS)
+def test_an_exported_program_converts_into_an_exported_program(method, tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    program = exported(model, x)
+    result, report = fxconv.convert(program, x, method, strict=True)
+    assert isinstance(result, torch.export.ExportedProgram)
+    assert report.capture == "ExportedProgram" and [c.name for c in report.converted] == ["fc"]
+    assert weight_products(result) == []
+    for batch in (1, 2, 5):  # dynamic where the given program was
+        xb = torch.randn(batch, 3, 64, 64)
+        assert_same_outputs(result.module(), model, xb)
+    path = fxconv.export_onnx(result, x, tmp_path / "r.onnx")
+    check = fxconv.check_onnx(path, model, x)
+    assert check.passed, check
+    assert "Gemm" not in check.ops and "MatMul" not in check.ops
+    # The given program is untouched: it still holds its Linear.
+    assert any("linear" in str(n.target) for n in program.graph.nodes)
+
+
+def test_the_graph_of_exported_program_module_converts(tmp_path):
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11(weights=None).eval()
+    x = torch.randn(2, 3, 32, 32)
+    graph = exported(model, x).module()
+    module, report = fxconv.convert(graph, x)  # refuses .eval(): fxconv must not call it
+    assert report.capture == "GraphModule"
+    assert [c.name for c in report.converted] == ["classifier.0", "classifier.3", "classifier.6"]
+    assert weight_products(module) == []
+    assert_same_outputs(module, model, x)
+    assert_same_outputs(module, model, x[:1])
+    check = fxconv.check_onnx(fxconv.export_onnx(module, x, tmp_path / "v.onnx"), model, x)
+    assert check.passed and "Gemm" not in check.ops
+
+
+def test_an_untraceable_model_falls_back_to_torch_export():
+    class DataDependentShape(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.fc = nn.Linear(4 * 6 * 6, 2)
+
+        def forward(self, x):
+            if x.shape[1] != 3:  # control flow on a shape: symbolic_trace fails, torch.export follows it
+                raise ValueError("3 channels expected")
+            return self.fc(self.conv(x).flatten(1))
+
+    model = DataDependentShape().eval()
+    x = torch.randn(2, 3, 8, 8)
+    module, report = fxconv.convert(model, x, strict=True)
+    assert report.capture == "torch.export"
+    assert "symbolic_trace failed" in report.capture_note and "x.shape[1] != 3" in report.capture_note
+    assert "captured with torch.export" in str(report)
+    assert_same_outputs(module, model, x)
+    assert_same_outputs(module, model, x[:1])
+
+
+def test_a_forward_set_on_the_instance_is_the_one_converted():
+    model = InstanceForward().eval()
+    x = torch.randn(3, 2, 5, 5)
+    module, report = fxconv.convert(model, x, strict=True)
+    assert report.capture == "torch.export" and "instance" in report.capture_note
+    assert_same_outputs(module, model, x)
+    with pytest.raises(fxconv.TraceError, match="capture='fx'.*instance"):
+        fxconv.convert(model, x, capture="fx")
+
+
+def test_an_unfaithful_symbolic_trace_is_not_used():
+    """A forward hook on a module that symbolic_trace traces through is lost in its graph."""
+    model = Head(hidden=(8,)).eval()
+    model.register_forward_hook(lambda module, inputs, output: output * 3)  # on the root: traced through
+    x = model.example()
+    module, report = fxconv.convert(model, x)
+    assert report.capture == "torch.export" and "other outputs" in report.capture_note
+    assert len(report.converted) == 2
+    assert_same_outputs(module, model, x)
+
+
+def test_capture_can_be_chosen():
+    model, x = Head().eval(), Head().example()
+    assert fxconv.convert(model, x, capture="fx").report.capture == "symbolic_trace"
+    assert fxconv.convert(model, x, capture="export").report.capture == "torch.export"
+    with pytest.raises(fxconv.InvalidArgumentError, match="unknown capture 'jit'"):
+        fxconv.convert(model, x, capture="jit")
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(1, 2, 1))
+        self.inner = ValueBranch()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.inner(self.block(x)).flatten(1))
+
+
+class ValueBranch(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # control flow on a tensor's value: neither tracer can follow it
+            return -x
+        return x
+
+
+def test_when_no_capture_works_the_error_names_the_module_and_the_line():
+    with pytest.raises(fxconv.TraceError) as info:
+        fxconv.convert(Untraceable(), torch.randn(2, 1, 2, 2))
+    message = str(info.value)
+    assert "symbolic_trace failed in module 'inner'" in message
+    assert "torch.export failed in module 'inner'" in message
+    assert "test_capture.py" in message and "(`if x.sum() > 0:" in message
+    assert "GraphModule" in message  # what to do
+
+
+def test_a_model_that_cannot_be_copied_gets_an_fxconv_error_and_the_way_round():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own deprecation of this weight_norm
+        model = HookedHead(nn.utils.weight_norm(nn.Linear(48, 5))).eval()
+    x = torch.randn(3, 2, 4, 4)
+    model(x)  # computes .weight as a non-leaf tensor, which deepcopy refuses
+    with pytest.raises(fxconv.TraceError, match="cannot copy HookedHead.*inplace=True"):
+        fxconv.convert(model, x)
+    module, report = fxconv.convert(model, x, inplace=True)
+    assert [s.code for s in report.skipped] == ["hooked"]
+    assert_same_outputs(module, model, x)
+
+
+# -- matrix algebra ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("spelling", MATRIX_SPELLINGS)
+def test_every_matrix_spelling_is_a_linear(spelling, method, bias, capture):
+    torch.manual_seed(0)
+    model = MatrixHead(spelling, bias).eval()
+    x = torch.randn(3, 2, 4, 4)
+    module, report = fxconv.convert(model, x, method, capture=capture, strict=True)
+    assert [c.name for c in report.converted] == ["w1", "w2_in_out"]
+    assert [c.kernel for c in report.converted] == [(4, 4) if method == "kernel" else (1, 1), (1, 1)]
+    assert weight_products(module) == []
+    assert_same_outputs(module, model, x)
+    assert_same_outputs(module, model, x[:1])
+
+
+@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("spelling", MATRIX_SPELLINGS)
+def test_matrix_spellings_export_to_convolutions(spelling, method, tmp_path):
+    torch.manual_seed(0)
+    model = MatrixHead(spelling).eval()
+    x = torch.randn(3, 2, 4, 4)
+    module, _ = fxconv.convert(model, x, method)
+    check = fxconv.check_onnx(fxconv.export_onnx(module, x, tmp_path / "m.onnx"), model, x)
+    assert check.passed, check
+    assert check.ops["Conv"] == 3 and "Gemm" not in check.ops and "MatMul" not in check.ops
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_matmuls_without_a_weight_are_not_linears_and_constants_on_the_left_are_reported(capture):
+    model, x = Attention().eval(), torch.randn(2, 5, 4)
+    _, report = fxconv.convert(model, x, capture=capture)
+    assert [(s.name, s.code) for s in report.skipped] == [("qk", "not-2d")]  # q @ k is no Linear
+    model, x = LeftWeight().eval(), torch.randn(3, 6)
+    module, report = fxconv.convert(model, x, capture=capture)
+    assert [(s.name, s.code) for s in report.skipped] == [("w", "weight-on-left")]
+    assert_same_outputs(module, model, x)
+    with pytest.raises(fxconv.NotConvertibleError, match="weight-on-left"):
+        fxconv.convert(model, x, capture=capture, strict=True)
+
+
+# -- never silently wrong ------------------------------------------------------------------------
+
+
+def _linear(kind: str) -> nn.Module:
+    fc = nn.Linear(48, 5)
+    if kind == "forward hook":
+        fc.register_forward_hook(lambda module, inputs, output: output * 2)
+    elif kind == "forward pre-hook":
+        fc.register_forward_pre_hook(lambda module, inputs: (inputs[0] * 3,))
+    elif kind == "spectral_norm":
+        fc = nn.utils.spectral_norm(fc)
+    elif kind == "QAT Linear":
+        fc = torch.ao.nn.qat.Linear(48, 5, qconfig=torch.ao.quantization.get_default_qat_qconfig())
+    elif kind == "parametrized weight_norm":
+        fc = nn.utils.parametrizations.weight_norm(fc)
+    return fc
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [("forward hook", "hooked"), ("forward pre-hook", "hooked"), ("spectral_norm", "hooked"),
+     ("QAT Linear", "custom-forward")],
+)  # fmt: skip
+def test_a_linear_that_does_more_than_f_linear_is_left_alone_by_symbolic_trace(kind, code):
+    torch.manual_seed(0)
+    model = HookedHead(_linear(kind)).eval()
+    x = torch.randn(3, 2, 4, 4)
+    module, report = fxconv.convert(model, x)
+    assert report.capture == "symbolic_trace"
+    assert [(s.name, s.code) for s in report.skipped] == [("fc", code)]
+    assert "capture='export'" in report.skipped[0].reason
+    assert_same_outputs(module, model, x)
+
+
+@pytest.mark.parametrize(
+    ("kind", "capture"),
+    [("forward hook", "export"), ("forward pre-hook", "export"), ("spectral_norm", "export"),
+     ("parametrized weight_norm", "export"), ("parametrized weight_norm", "auto")],
+)  # fmt: skip
+def test_hooks_and_parametrizations_convert_where_the_graph_shows_them(kind, capture):
+    """torch.export inlines hooks; parametrizations compute .weight on access: both convert, exactly,
+    also after loading another instance's weights, and train with the same gradients (float64: the
+    gradients of a squared sum compare summation orders, not the rewrite)."""
+    torch.manual_seed(0)
+    model = HookedHead(_linear(kind)).double().eval()
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    module, report = fxconv.convert(model, x, capture=capture, strict=True)
+    assert [c.name for c in report.converted] == ["fc"]
+    torch.manual_seed(1)
+    other = HookedHead(_linear(kind)).double()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))
+    model.load_state_dict(other.state_dict())
+    module.load_state_dict(other.state_dict())
+    assert_same_outputs(module, model, x)
+    for m in (model, module):
+        m.zero_grad()
+        m(x).square().sum().backward()
+    grads = dict(module.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, msg=name)
+
+
+def test_a_qat_linear_converts_through_torch_export_with_its_fake_quantisation():
+    torch.manual_seed(0)
+    model = HookedHead(_linear("QAT Linear")).train()
+    x = torch.randn(8, 2, 4, 4)
+    model(x)  # observe once, so the fake quantisation has a scale
+    model.eval()
+    module, report = fxconv.convert(model, x, capture="export", strict=True)
+    assert [c.name for c in report.converted] == ["fc"]
+    assert_same_outputs(module, model, x)
+    with torch.no_grad():
+        plain = F.linear(torch.flatten(model.conv(x), 1), model.fc.weight, model.fc.bias)
+    assert not torch.allclose(module(x), plain)  # the quantisation is still there
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize("layout", fxconv.LAYOUTS)
+def test_a_squeeze_head_is_exact_at_every_batch_size(layout, capture):
+    model = SqueezeAll().eval()
+    module, report = fxconv.convert(model, torch.randn(3, 2, 4, 4), layout=layout, capture=capture, strict=True)
+    assert [c.flattened_from for c in report.converted] == [(3, 1, 1)]
+    for batch in (1, 2, 4):
+        x = torch.randn(batch, 2, 4, 4)
+        with torch.no_grad():
+            got, want = module(x), model(x)
+        assert got.shape == want.shape  # (2,) for a batch of one: squeeze() dropped the batch dim
+        torch.testing.assert_close(got, want)
