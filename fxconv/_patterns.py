@@ -130,10 +130,8 @@ def _key(node: Node) -> object:
 
 def role(node: Node, name: str) -> object:
     """The value ``node`` has in role ``name`` (``None`` for a role without values); ``False`` if none."""
-    key = _key(node)
     try:
-        table = _ROLES[name]
-        return table[key] if key in table else False
+        return _ROLES[name].get(_key(node), False)
     except TypeError:  # an unhashable target
         return False
 
@@ -151,6 +149,12 @@ def op_name(node: Node) -> str:
     if isinstance(key, torch._ops.OpOverloadPacket):
         return key.__name__.split(".")[-1]
     return getattr(key, "__name__", "")
+
+
+def module_path(node: Node) -> str:
+    """The qualified name of the module a node ran in, as torch.export records it ("" if unknown)."""
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else ""
 
 
 def arg(node: Node, index: int, name: str, default=None):

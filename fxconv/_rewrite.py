@@ -125,9 +125,7 @@ def _label(call: LinearCall) -> str:
     weight = _untransposed(call.weight)[0] if isinstance(call.weight, Node) else None
     if weight is not None and weight.op == "get_attr":  # torch.export keeps the parameter's name
         return weight.target.removesuffix(".weight")
-    stack = call.node.meta.get("nn_module_stack")
-    path = list(stack.values())[-1][0] if stack else ""
-    return path or call.node.name
+    return P.module_path(call.node) or call.node.name
 
 
 def _untransposed(node: Node) -> tuple[Node, bool]:
@@ -153,8 +151,10 @@ def _module_refusal(module: nn.Linear) -> tuple[str, str] | None:
     if type(module).forward is not nn.Linear.forward:
         return (
             "custom-forward",
-            f"{type(module).__name__} overrides Linear.forward (fake quantisation, adapters, ...), which a "
-            "convolution would drop: capture with torch.export (capture='export') to see what it computes",
+            (
+                f"{type(module).__name__} overrides Linear.forward (fake quantisation, adapters, ...), which a "
+                "convolution would drop: capture with torch.export (capture='export') to see what it computes"
+            ),
         )
     hooks = [h.strip("_").replace("_", " ") for h in _HOOKS if getattr(module, h, None)]
     global_hooks = [h for h in ("_global_forward_hooks", "_global_forward_pre_hooks") if getattr(nn.modules.module, h)]
@@ -162,8 +162,10 @@ def _module_refusal(module: nn.Linear) -> tuple[str, str] | None:
         what = ", ".join(hooks) or "global module hooks"
         return (
             "hooked",
-            f"the module has {what} (spectral_norm, weight_norm and feature taps use them), which a "
-            "convolution would not run: capture with torch.export (capture='export') to inline them",
+            (
+                f"the module has {what} (spectral_norm, weight_norm and feature taps use them), which a "
+                "convolution would not run: capture with torch.export (capture='export') to inline them"
+            ),
         )
     return None
 

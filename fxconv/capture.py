@@ -36,6 +36,7 @@ from torch.fx import Node
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves
 
+from ._patterns import module_path
 from ._util import batch_of_two, eval_mode, first_line
 from .errors import ExampleInputError, InvalidArgumentError, TraceError
 
@@ -217,8 +218,7 @@ def _node_place(node: Node) -> str:
     """A node as a user knows it: the module it runs in (torch.export records it), or its name."""
     if node.op == "call_module":
         return f"module {node.target!r}"
-    stack = node.meta.get("nn_module_stack")
-    path = list(stack.values())[-1][0] if stack else ""
+    path = module_path(node)
     return f"module {path!r}" if path else f"node {node.name!r}"
 
 

@@ -2,6 +2,8 @@
 
     fxconv convert torchvision:resnet50 -o resnet50.onnx
     fxconv convert mypkg.models:make_net --input-shape 1,3,96,96 --method 1x1 -o net.onnx --report r.json
+    fxconv convert "efficientnet_pytorch:EfficientNet.from_name('efficientnet-b0')" -o b0.onnx
+    fxconv convert timm:resnet18 -o r18.onnx;  fxconv convert model.pt2 -o model.onnx
     fxconv inspect resnet50.onnx
 
 Exit codes: 0 success, 1 the onnxruntime check failed, 2 bad usage or input. Errors are one line on
@@ -12,6 +14,7 @@ existing file is never replaced unless ``--force`` is given.
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import importlib
 import math
@@ -24,10 +27,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.export import ExportedProgram
 
-from ._util import versions
+from ._util import first_line, versions
 from .check import check_onnx, load_onnx, op_census
-from .convert import LAYOUTS, METHODS, convert
+from .convert import CAPTURES, LAYOUTS, METHODS, convert
 from .errors import FxconvError, InvalidArgumentError
 from .export import export_onnx
 
@@ -46,11 +50,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = commands.add_parser("convert", help="convert a model and write a checked ONNX file")
-    c.add_argument("model", metavar="MODEL", help="torchvision:NAME, package.module:callable, or a torch.save(model) file")
+    c.add_argument(
+        "model", metavar="MODEL",
+        help="torchvision:NAME, timm:NAME, package.module:Factory(args) (literal arguments, dotted names), "
+        "a torch.export.save file (.pt2), or a torch.save(model) file",
+    )
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
     c.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
     c.add_argument("--method", default="kernel", choices=METHODS, help="default kernel")
     c.add_argument("--layout", choices=LAYOUTS, help="where the batch goes in the head (default folded)")
+    c.add_argument("--capture", default="auto", choices=CAPTURES, help="symbolic_trace (fx), torch.export, or auto (default)")
     c.add_argument("--dense", action="store_true", help="fully convolutional: (N, classes, h, w) on larger inputs")
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
     c.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the original")
@@ -88,10 +97,10 @@ def _convert(args: argparse.Namespace) -> int:
 
     timings: dict[str, float] = {}
     with _step("loading the model", timings, "load"):
-        model = _load_model(args.model, args.state_dict).eval()
+        model = _load_model(args.model, args.state_dict)
         example = torch.randn(shape)
     with _step("tracing and converting", timings, "convert"):
-        module, report = convert(model, example, args.method, layout=args.layout, dense=args.dense)
+        module, report = convert(model, example, args.method, layout=args.layout, dense=args.dense, capture=args.capture)
     print(report)
 
     with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
@@ -154,12 +163,20 @@ def _check_writable(path: Path, force: bool) -> None:
         raise InvalidArgumentError(f"{path} exists; pass --force to replace it")
 
 
-def _load_model(spec: str, state_dict: Path | None) -> nn.Module:
-    """The model a MODEL argument names, with ``state_dict`` loaded into it if given."""
+def _load_model(spec: str, state_dict: Path | None) -> nn.Module | ExportedProgram:
+    """The model a MODEL argument names (in eval mode), with ``state_dict`` loaded into it if given."""
     if os.getcwd() not in sys.path:  # modules and pickled classes import from where the user stands
         sys.path.insert(0, os.getcwd())
-    if spec.startswith("torchvision:"):
-        model = _torchvision_model(spec.partition(":")[2])
+    library, _, name = spec.partition(":")
+    if library in _LIBRARIES and name:
+        model = _LIBRARIES[library](name)
+    elif Path(spec).is_file() and spec.endswith(".pt2"):
+        if state_dict is not None:
+            raise InvalidArgumentError(f"{spec} is an ExportedProgram: its weights are in it, --state-dict does not apply")
+        try:
+            return torch.export.load(spec)  # the safe format: no code runs; fixed to the mode it was saved in
+        except Exception as e:
+            raise InvalidArgumentError(f"cannot load {spec} with torch.export.load: {first_line(e)}") from e
     elif Path(spec).is_file():
         try:
             model = torch.load(spec, weights_only=False)
@@ -169,7 +186,7 @@ def _load_model(spec: str, state_dict: Path | None) -> nn.Module:
         model = _factory_model(spec)
     else:
         raise InvalidArgumentError(
-            f"MODEL {spec!r} is neither torchvision:NAME, package.module:callable, nor an existing file"
+            f"MODEL {spec!r} is neither torchvision:NAME, timm:NAME, package.module:callable, nor an existing file"
         )
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"{spec} gave a {type(model).__name__}, not a torch.nn.Module")
@@ -178,7 +195,7 @@ def _load_model(spec: str, state_dict: Path | None) -> nn.Module:
             model.load_state_dict(torch.load(state_dict, map_location="cpu", weights_only=True))
         except Exception as e:
             raise InvalidArgumentError(f"cannot load --state-dict {state_dict}: {e}") from e
-    return model
+    return model.eval()
 
 
 def _torchvision_model(name: str) -> nn.Module:
@@ -194,19 +211,64 @@ def _torchvision_model(name: str) -> nn.Module:
     return torchvision.models.get_model(name, weights=None)
 
 
-def _factory_model(spec: str) -> nn.Module:
-    """Call ``package.module:callable``, importable from the current directory or PYTHONPATH."""
-    module_name, _, attr = spec.partition(":")
+def _timm_model(name: str) -> nn.Module:
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        import timm
+    except ImportError as e:
+        raise InvalidArgumentError("timm is not installed: pip install timm") from e
+    if not timm.is_model(name):
+        raise InvalidArgumentError(f"unknown timm model {name!r} (timm.list_models() lists them)")
+    return timm.create_model(name, pretrained=False)
+
+
+_LIBRARIES = {"torchvision": _torchvision_model, "timm": _timm_model}
+
+
+def _factory_model(spec: str) -> nn.Module:
+    """``package.module:Factory(arg, key=value)`` (dotted attributes, Python literals, no eval), or a
+    bare ``package.module:callable`` called without arguments; importable from here or PYTHONPATH."""
+    module_name, _, expression = spec.partition(":")
+    path, args, kwargs = _parse_call(expression, spec)
+    try:
+        target = importlib.import_module(module_name)
+    except SyntaxError as e:
+        raise InvalidArgumentError(f"cannot import {module_name!r}: syntax error in {e.filename}:{e.lineno}: {e.msg}") from e
     except ImportError as e:
         raise InvalidArgumentError(f"cannot import {module_name!r}: {e}") from e
-    except AttributeError as e:
-        raise InvalidArgumentError(f"module {module_name!r} has no {attr!r}") from e
+    for i, attr in enumerate(path):
+        if not hasattr(target, attr):
+            raise InvalidArgumentError(f"module {module_name!r} has no {'.'.join(path[: i + 1])!r}")
+        target = getattr(target, attr)
+    if isinstance(target, nn.Module) and not (args or kwargs):
+        return target
     try:
-        return factory()
+        return target(*args, **kwargs)
     except Exception as e:
-        raise InvalidArgumentError(f"{spec}() failed: {type(e).__name__}: {e}") from e
+        call = spec if "(" in expression else f"{spec}()"
+        raise InvalidArgumentError(f"{call} failed: {type(e).__name__}: {e}") from e
+
+
+def _parse_call(expression: str, spec: str) -> tuple[list[str], list, dict]:
+    """``A.b(1, k='v')`` -> (["A", "b"], [1], {"k": "v"}); arguments must be Python literals."""
+    try:
+        tree = ast.parse(expression.strip(), mode="eval").body
+        call = tree if isinstance(tree, ast.Call) else None
+        args = [ast.literal_eval(a) for a in call.args] if call else []
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords} if call else {}
+        if call and any(k.arg is None for k in call.keywords):
+            raise ValueError("**kwargs")
+        path, node = [], call.func if call else tree
+        while isinstance(node, ast.Attribute):
+            path.insert(0, node.attr)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            raise ValueError(ast.dump(node))
+        return [node.id, *path], args, kwargs
+    except (SyntaxError, ValueError) as e:
+        raise InvalidArgumentError(
+            f"MODEL {spec!r}: after the ':' write a name, dotted names, or a call with literal arguments, "
+            "e.g. models:make_net, pkg.nets:Net.from_name('b0'), pkg.nets:Net(depth=18)"
+        ) from e
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from torch import fx, nn
 from torch.export import Dim
 
 import fxconv
-from conftest import assert_same_outputs, onnx_session
+from conftest import assert_same_outputs
 from models import (
     MATRIX_SPELLINGS,
     Attention,
@@ -30,21 +30,19 @@ from models import (
     SqueezeAll,
 )
 
-LINEAR_TARGETS = {F.linear, torch.matmul, torch.mm, torch.addmm, "matmul", "mm", "addmm", "__matmul__"}
+LINEAR_NAMES = {"linear", "matmul", "mm", "addmm", "__matmul__"}
 
 
 def weight_products(module) -> list[fx.Node]:
-    """The Linear-like calls left in a converted graph (torch or ATen level)."""
+    """The Linear-like calls left in a converted graph (torch or ATen level: ``aten.linear.default``)."""
     gm = module.module() if isinstance(module, torch.export.ExportedProgram) else module
     modules = dict(gm.named_modules())
-    found = []
-    for n in gm.graph.nodes:
-        name = getattr(n.target, "__name__", str(n.target)).split(".")[0]
-        if (n.op == "call_module" and isinstance(modules[n.target], nn.Linear)) or n.target in LINEAR_TARGETS:
-            found.append(n)
-        elif n.op == "call_function" and name in ("linear", "matmul", "mm", "addmm") or n.target is __import__("operator").matmul:
-            found.append(n)
-    return found
+    return [
+        n
+        for n in gm.graph.nodes
+        if (n.op == "call_module" and isinstance(modules[n.target], nn.Linear))
+        or (n.op.startswith("call_") and str(getattr(n.target, "__name__", n.target)).split(".")[0] in LINEAR_NAMES)
+    ]
 
 
 def exported(model, x):

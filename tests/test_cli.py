@@ -30,6 +30,20 @@ def noisy():
 
 def broken():
     raise RuntimeError("no weights here")
+
+class Net(nn.Module):  # built with arguments, or by a classmethod: the specs real libraries need
+
+    def __init__(self, width=4, pool="mean"):
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(3, width, 3), pool, nn.Linear(width, 3)
+
+    @classmethod
+    def from_name(cls, name):
+        return cls(width={"small": 2, "large": 8}[name])
+
+    def forward(self, x):
+        x = self.conv(x)
+        return self.fc(x.mean((2, 3)) if self.pool == "mean" else x.amax((2, 3)))
 """
 
 
@@ -85,6 +99,37 @@ def test_a_torch_saved_model_and_a_state_dict(workdir):
     assert (workdir / "m.onnx").is_file()
 
 
+@pytest.mark.parametrize(
+    ("spec", "width"),
+    [("nets:Net(8, pool='max')", 8), ("nets:Net.from_name('small')", 2), ("nets:Net", 4)],
+)
+def test_factories_with_literal_arguments_and_dotted_names(workdir, spec, width):
+    result = fxconv_cli("convert", spec, "--input-shape", TINY, "-o", "n.onnx", "--report", "n.json", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((workdir / "n.json").read_text())
+    assert [(c["name"], c["flattened_from"]) for c in report["converted"]] == [("fc", [width, 1, 1])]
+
+
+def test_a_timm_model(workdir):
+    pytest.importorskip("timm")
+    result = fxconv_cli("convert", "timm:resnet10t", "--input-shape", "1,3,32,32", "-o", "t.onnx", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "converted  fc" in result.stdout and "check PASSED" in result.stdout
+
+
+def test_an_exported_program_file(workdir):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 14 * 14, 4)).eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (torch.randn(2, 3, 16, 16),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, workdir / "model.pt2")
+    result = fxconv_cli("convert", "model.pt2", "--input-shape", TINY, "-o", "p.onnx", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "captured with ExportedProgram" in result.stdout and "check PASSED" in result.stdout
+    refused = fxconv_cli("convert", "model.pt2", "--state-dict", "w.pt", "-o", "q.onnx", cwd=workdir)
+    assert refused.returncode == 2 and "--state-dict does not apply" in refused.stderr
+
+
 def test_dense_gives_a_file_with_dynamic_height_and_width(workdir):
     result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--dense", "-o", "d.onnx", cwd=workdir)
     assert result.returncode == 0, result.stderr
@@ -115,6 +160,10 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["torchvision:resnet9000"], "unknown torchvision model 'resnet9000'"),
         (["nowhere.nothing:make"], "cannot import 'nowhere.nothing'"),
         (["nets:absent"], "module 'nets' has no 'absent'"),
+        (["nets:Net.from_nam('small')"], "module 'nets' has no 'Net.from_nam'"),
+        (["nets:Net(width=len('ab'))"], "literal arguments"),
+        (["broken_syntax:make"], "syntax error in"),
+        (["timm:no_such_net"], "unknown timm model 'no_such_net'"),
         (["nets:broken"], "nets:broken() failed: RuntimeError: no weights here"),
         (["just-a-word"], "neither torchvision:NAME"),
         (["nets:make", "--input-shape", "1,3,a,b"], "is not a shape"),
@@ -128,12 +177,13 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["nets:make", "--bogus"], "unrecognized arguments: --bogus"),
     ],
     ids=[
-        "unknown-model", "no-module", "no-callable", "factory-fails", "bad-spec", "shape-unparsable",
+        "unknown-model", "no-module", "no-callable", "no-attribute", "not-a-literal", "syntax-error", "unknown-timm", "factory-fails", "bad-spec", "shape-unparsable",
         "shape-rejected", "unknown-method", "unknown-layout", "dense-1x1", "bad-state-dict", "missing-dir", "existing-output", "bad-flag",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
     (workdir / "existing.onnx").write_bytes(b"precious")
+    (workdir / "broken_syntax.py").write_text("def make(:\n    pass\n")
     # --force: even when allowed to replace it, a failed run leaves the existing file as it was.
     argv = ["convert", *args] + ([] if "-o" in args else ["-o", "existing.onnx", "--force"])
     if "--input-shape" not in args:
