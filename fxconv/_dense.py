@@ -58,7 +58,22 @@ class DenseRewriter(HeadRewriter):
                 self._freeze(pool)
         for node in [n for n in self.graph.nodes if n in self.flats]:
             self._drop_flatten(node)
+        self._lift_size_guards()
         self.finish()
+
+    def _lift_size_guards(self) -> None:
+        """Drop the checks a torch.export graph makes that inputs have the example's size.
+
+        ``ExportedProgram.module()`` checks every input against the shapes it was captured with (a
+        ``_guards_fn`` call and a forward pre-hook); a dense model exists to take larger inputs.
+        """
+        for node in [n for n in self.graph.nodes if n.op == "call_module" and n.target == "_guards_fn"]:
+            self.graph.erase_node(node)
+        hooks = self.gm._forward_pre_hooks
+        for key, hook in list(hooks.items()):
+            if getattr(getattr(hook, "func", hook), "__name__", "") == "_check_input_constraints_pre_hook":
+                del hooks[key]
+                self.gm._forward_pre_hooks_with_kwargs.pop(key, None)
 
     def _pool_in_front(self, node: Node) -> Node | None:
         """The adaptive pool or reduction that a head's map comes from through single-input ops, if any."""

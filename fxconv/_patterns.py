@@ -56,8 +56,8 @@ TORCH_LEVEL: dict[str, dict] = {
     # value: how the operands are laid out, see ``linear_call``
     "linear": {
         F.linear: "linear", torch._C._nn.linear: "linear",
-        operator.matmul: "matmul", torch.matmul: "matmul", torch.mm: "matmul", "matmul": "matmul",
-        "mm": "matmul", "__matmul__": "matmul",
+        operator.matmul: "matmul", torch.matmul: "matmul", torch.mm: "matmul", torch.bmm: "matmul",
+        "matmul": "matmul", "mm": "matmul", "bmm": "matmul", "__matmul__": "matmul",
         torch.addmm: "addmm", "addmm": "addmm",
     },
     "transpose": {"t": None, torch.t: None, "transpose": None, torch.transpose: None, "permute": None,
@@ -83,7 +83,8 @@ TORCH_LEVEL: dict[str, dict] = {
 }  # fmt: skip
 
 ATEN_LEVEL: dict[str, dict] = {
-    "linear": {aten.linear: "linear", aten.matmul: "matmul", aten.mm: "matmul", aten.addmm: "addmm"},
+    "linear": {aten.linear: "linear", aten.matmul: "matmul", aten.mm: "matmul", aten.bmm: "matmul",
+               aten.addmm: "addmm"},
     "transpose": dict.fromkeys([aten.t, aten.numpy_T, aten.transpose, aten.permute, aten.swapaxes,
                                 aten.swapdims, aten.mT]),
     "reshape": dict.fromkeys([aten.flatten, aten.view, aten.reshape, aten._unsafe_view, aten.squeeze]),

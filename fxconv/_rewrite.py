@@ -238,15 +238,18 @@ class HeadRewriter:
         if form == "addmm":
             bias, x, w = P.arg(node, 0, "input"), P.arg(node, 1, "mat1"), P.arg(node, 2, "mat2")
         elif form == "matmul":
-            (x, w), bias = node.args[:2], None
+            x = P.arg(node, 0, "input", node.kwargs.get("self"))
+            w, bias = P.arg(node, 1, "other", node.kwargs.get("mat2")), None
         else:
             return None
+        if x in self.constants:
+            if w in self.constants:  # constants alone (a weight computed in forward): no activation involved
+                return None
+            return LinearCall(node, w, x, False, None, (
+                "weight-on-left",
+                "a constant multiplies from the left (W @ x): it mixes along the rows, not the features",
+            ))  # fmt: skip
         if w not in self.constants:
-            if x in self.constants:
-                return LinearCall(node, w, x, False, None, (
-                    "weight-on-left",
-                    "a constant multiplies from the left (W @ x): it mixes along the rows, not the features",
-                ))  # fmt: skip
             return None  # both operands computed from the inputs (attention's q @ k): no weight
         weight, flipped = _untransposed(w)
         call = LinearCall(node, x, weight, not flipped, bias)

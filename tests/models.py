@@ -263,3 +263,27 @@ class InstanceForward(nn.Module):
 
     def logits(self, x):
         return self.fc(self.conv(x).mean((2, 3))) * 2
+
+
+class LowRankHead(nn.Module):
+    """The weight is made in forward from two factors (constants alone: no Linear), then read by a
+    keyword-argument matmul (a Linear)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.u, self.v = nn.Parameter(torch.randn(5, 2)), nn.Parameter(torch.randn(2, 48))
+
+    def forward(self, x):
+        return torch.matmul(input=torch.flatten(self.conv(x), 1), other=(self.u @ self.v).t())
+
+
+class BatchedWeight(nn.Module):
+    """``bmm`` with a constant stack of matrices: a weight, but not one (in, out) matrix."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 4, 5))
+
+    def forward(self, x):  # (2, T, 4)
+        return torch.bmm(x, self.w)

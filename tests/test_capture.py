@@ -22,10 +22,12 @@ from conftest import assert_same_outputs
 from models import (
     MATRIX_SPELLINGS,
     Attention,
+    BatchedWeight,
     Head,
     HookedHead,
     InstanceForward,
     LeftWeight,
+    LowRankHead,
     MatrixHead,
     SqueezeAll,
 )
@@ -224,6 +226,18 @@ def test_matmuls_without_a_weight_are_not_linears_and_constants_on_the_left_are_
     assert_same_outputs(module, model, x)
     with pytest.raises(fxconv.NotConvertibleError, match="weight-on-left"):
         fxconv.convert(model, x, capture=capture, strict=True)
+    model, x = BatchedWeight().eval(), torch.randn(2, 3, 4)
+    assert [s.code for s in fxconv.convert(model, x, capture=capture).report.skipped] == ["weight-rank"]
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_a_weight_computed_in_forward_is_a_weight_and_its_making_is_no_linear(capture):
+    model, x = LowRankHead().eval(), torch.randn(3, 2, 4, 4)
+    module, report = fxconv.convert(model, x, capture=capture, strict=True)  # u @ v is not reported
+    assert len(report.converted) == 1
+    # What is left is u @ v, which reads parameters only: the weight is still made in forward.
+    assert [{a.op for a in n.all_input_nodes} for n in weight_products(module)] == [{"get_attr"}]
+    assert_same_outputs(module, model, x)
 
 
 # -- never silently wrong ------------------------------------------------------------------------

@@ -27,10 +27,11 @@ class LeNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def test_lenet_every_location_is_the_model_on_its_crop():
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_lenet_every_location_is_the_model_on_its_crop(capture):
     torch.manual_seed(0)
     model = LeNet().eval()
-    module, report = fxconv.convert(model, torch.randn(2, 1, 32, 32), dense=True)
+    module, report = fxconv.convert(model, torch.randn(2, 1, 32, 32), dense=True, capture=capture)
     assert report.frozen == [] and len(report.converted) == 3
     big = torch.randn(2, 1, 52, 44)
     with torch.no_grad():
