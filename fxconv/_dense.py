@@ -14,12 +14,23 @@ output location (i, j) is the original head applied to the (H, W) window of that
 and the work that overlapping windows share is done once. At the example's size h = w = 1 and the
 output equals the original logits.
 
-Adaptive pooling resizes any map back to a fixed size, which would undo the sliding, so the pooling in
-front of each head is frozen at the geometry it had for the example, dim by dim: output size 1 → a pool
-whose kernel is the whole map, stride 1; output size = input size → nothing; input a multiple of the
-output → kernel = stride = the ratio (the grid then steps by that ratio in this map). A global reduction
-such as ``x.mean([2, 3])`` is frozen the same way. Last, each head's final flatten is dropped, moved past
-element-wise ops up to the model's output.
+Exact, or refused. A pool in front of a head that resizes any map to a fixed size, or pools it with a
+stride, would undo the sliding; it is frozen at the geometry it had for the example, dim by dim:
+
+* output size 1 (adaptive, a reduction such as ``x.mean([2, 3])`` or ``x.flatten(2).mean(-1)``, or a
+  fixed pool whose kernel is the whole map, ``F.avg_pool2d(x, 4)`` on a 4x4 map) → a pool whose kernel
+  is the whole example map, stride 1;
+* output size = input size (adaptive) → nothing;
+* adaptive, input a multiple of the output → kernel = stride = the ratio (the grid steps by it);
+* a fixed pool with output > 1 slides as it is.
+
+What would make a window see pixels outside it is refused with :class:`NotConvertibleError`, naming
+the module and source line: a fixed pool that covers only part of the example's map, a global pool,
+reduction or GroupNorm inside the backbone (squeeze-and-excitation blocks), and a head whose map does
+not grow when the input does (a pool hidden in a module the graph keeps whole; checked by running an
+input twice the example's size once). ``approximate=True`` accepts the global pools of the backbone —
+each window's features then depend on the whole image — and lists them in ``report.approximate``.
+Last, each head's final flatten is dropped, moved past element-wise ops up to the model's output.
 """
 
 from __future__ import annotations
@@ -27,11 +38,15 @@ from __future__ import annotations
 import math
 import operator
 
+import torch
 import torch.nn.functional as F
+from torch import fx
 from torch.fx import Node
 
 from . import _patterns as P
-from ._rewrite import HeadRewriter, describe, shape_of
+from ._rewrite import HeadRewriter, shape_of
+from ._util import eval_mode
+from .capture import node_place
 from .errors import NotConvertibleError
 from .report import Frozen
 
@@ -41,6 +56,10 @@ _MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 class DenseRewriter(HeadRewriter):
     """The head rewrite, then: freeze the pooling in front of each head and drop its final flatten."""
+
+    def __init__(self, gm, method, layout, report, *, inputs: tuple[torch.Tensor, ...], approximate: bool = False):
+        super().__init__(gm, method, layout, report)
+        self.inputs, self.approximate = inputs, approximate
 
     def run(self) -> None:
         self.rewrite_heads()
@@ -52,14 +71,121 @@ class DenseRewriter(HeadRewriter):
                                       f"left alone: {left}")
         if not self.report.converted:
             raise NotConvertibleError("dense mode: the model has no Linear fed by a flattened feature map")
-        for map_ in dict.fromkeys(self.maps):
-            pool = self._pool_in_front(map_)
-            if pool is not None:
+        pools = {map_: self._pool_in_front(map_) for map_ in dict.fromkeys(self.maps)}
+        self.inner = inner = {map_ for map_, pool in pools.items() if pool is not None and self._gates_a_map(pool)}
+        global_pools = [n for n in self.graph.nodes if P.pools_over_space(n, self.modules, shape_of)]
+        backbone = [n for n in global_pools if n not in pools.values() or n in (pools[m] for m in inner)]
+        if backbone and not self.approximate:
+            raise NotConvertibleError(
+                f"dense mode: {node_place(backbone[0])} pools over the whole feature map inside the backbone "
+                f"(squeeze-and-excitation, GroupNorm, ...), so every window would see the whole image"
+                + (f"; {len(backbone) - 1} more such pools" if len(backbone) > 1 else "")
+                + ". Pass approximate=True (CLI: --approximate) to accept that"
+            )
+        self.report.approximate = [node_place(n) for n in backbone]
+        # Which flattens end a real head is read before freezing replaces the maps the heads start from.
+        outputs = [n for n in self.graph.nodes if n in self.flats and self._head_map(n) not in inner]
+        for map_, pool in pools.items():
+            if pool is not None and map_ not in inner:
                 self._freeze(pool)
-        for node in [n for n in self.graph.nodes if n in self.flats]:
+        for node in outputs:
             self._drop_flatten(node)
         self._lift_size_guards()
         self.finish()
+        self._check_growth()
+
+    # -- the pool in front of a head -----------------------------------------------------------------
+
+    def _pool_in_front(self, node: Node) -> Node | None:
+        """The pool or reduction that a head's map comes from through single-input ops, if any."""
+        while P.pooling(node, self.modules) is None and P.fixed_pool(node, self.modules) is None:
+            inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
+            if len(inputs) != 1 or P.is_conv(node, self.modules):  # the backbone: no pooling in front
+                return None
+            node = inputs[0]
+        return node
+
+    def _gates_a_map(self, pool: Node) -> bool:
+        """Whether what a pool computes is combined with an unpooled feature map (a squeeze-and-excitation
+        gate, ``x * sigmoid(fc(mean(x)))``) rather than only feeding a head."""
+        after, todo = {pool}, [pool]
+        while todo:
+            for user in todo.pop().users:
+                if user not in after:
+                    after.add(user)
+                    todo.append(user)
+        for node in after - {pool}:  # the pool itself reads the map it pools
+            for other in node.all_input_nodes:
+                shape = shape_of(other)
+                if other not in after and shape is not None and len(shape) >= 3 and math.prod(shape[2:]) > 1:
+                    return True
+        return False
+
+    def _head_map(self, node: Node) -> Node | None:
+        """The map a head's flatten descends from."""
+        maps, seen, todo = set(self.maps), set(), [node]
+        while todo:
+            current = todo.pop()
+            if current in maps:
+                return current
+            seen.add(current)
+            todo.extend(n for n in current.all_input_nodes if n not in seen)
+        return None
+
+    def _freeze(self, pool: Node) -> None:
+        """Replace a pool in front of a head by the stride-1 (or identity) pool it was for the example."""
+        x = pool.all_input_nodes[0]
+        size_in, size_out = shape_of(x)[2:], _kept_size(pool, shape_of(x))
+        fixed = P.fixed_pool(pool, self.modules)
+        if fixed is not None:
+            kind, padding, extras = fixed
+            if all(o > 1 for o in size_out):
+                return  # a fixed pool that keeps a map slides along as it is
+            kernel = _pool_kernel(pool, self.modules, len(size_in))
+            covers = all(o > 1 or k == i for i, o, k in zip(size_in, size_out, kernel))
+            if extras or not covers or any(_as_tuple(padding, len(size_in))):
+                raise NotConvertibleError(
+                    f"dense mode cannot freeze {node_place(pool)}: its kernel {kernel} covers only part of the "
+                    f"example's {size_in} map (or pads, dilates or rescales it), so a window would not be the "
+                    "model on its crop"
+                )
+            stride = _as_tuple(_pool_stride(pool, self.modules, kernel), len(size_in))
+            kernel = tuple(i if o == 1 else k for i, o, k in zip(size_in, size_out, kernel))
+            stride = tuple(1 if o == 1 else s for o, s in zip(size_out, stride))
+        else:
+            kind = P.pooling(pool, self.modules)
+            kernel, stride = [], []
+            for i, o in zip(size_in, size_out):
+                if i % o:
+                    raise NotConvertibleError(
+                        f"dense mode cannot freeze {node_place(pool)}: it pools a {size_in} map to {size_out}, "
+                        "not a whole multiple, so no fixed pool computes it"
+                    )
+                kernel.append(i // o)
+                stride.append(1 if o == 1 else i // o)
+            kernel, stride = tuple(kernel), tuple(stride)
+        with self.graph.inserting_before(pool):
+            frozen = x if size_in == size_out else _fixed_pool(self.graph, x, kind, kernel, stride)
+        pool.replace_all_uses_with(frozen)
+        self.graph.erase_node(pool)
+        now = "identity" if frozen is x else f"{kind} pool, kernel {kernel}, stride {stride}"
+        self.report.frozen.append(Frozen(node_place(pool), f"{size_in} -> {size_out}", now))
+
+    # -- the output ----------------------------------------------------------------------------------
+
+    def _drop_flatten(self, node: Node) -> None:
+        """Hand a head's output to the model's output as the (N, K, h, w) map, not flattened."""
+        flat = self.flats[node]
+        for user in list(node.users):
+            if user.op == "output":
+                user.replace_input_with(node, flat.map)
+            elif P.op_kind(user, self.modules) is P.Kind.ELEMENTWISE and P.data_input(user) is node:
+                self._drop_flatten(self.move(user, flat).node)
+            else:
+                raise NotConvertibleError(
+                    f"dense mode: the flattened output of a head is read by {node_place(user)}, which needs "
+                    "the (N, features) vector rather than a map"
+                )
 
     def _lift_size_guards(self) -> None:
         """Drop the checks a torch.export graph makes that inputs have the example's size.
@@ -75,55 +201,65 @@ class DenseRewriter(HeadRewriter):
                 del hooks[key]
                 self.gm._forward_pre_hooks_with_kwargs.pop(key, None)
 
-    def _pool_in_front(self, node: Node) -> Node | None:
-        """The adaptive pool or reduction that a head's map comes from through single-input ops, if any."""
-        while P.pooling(node, self.modules) is None:
-            inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
-            if len(inputs) != 1 or P.is_conv(node, self.modules):  # the backbone: no pooling in front
-                return None
-            node = inputs[0]
+    def _check_growth(self) -> None:
+        """Run an input twice the example's size: every head's output must grow, or a pool hides in a
+        module the graph keeps whole (a custom tracer's leaf) and the windows would not be the model's."""
+        bigger = tuple(
+            torch.randn(*t.shape[:2], *(2 * s for s in t.shape[2:]), dtype=t.dtype) if t.dim() >= 3 and
+            t.is_floating_point() else t for t in self.inputs
+        )  # fmt: skip
+        sizes: dict[Node, tuple[int, ...]] = {}
+
+        class Probe(fx.Interpreter):
+            def run_node(self, n):
+                result = super().run_node(n)
+                if isinstance(result, torch.Tensor):
+                    sizes[n] = tuple(result.shape[2:])
+                return result
+
+        try:
+            with torch.no_grad(), eval_mode(self.gm), torch.random.fork_rng(devices=[]):
+                Probe(self.gm).run(*bigger)
+        except Exception as e:
+            raise NotConvertibleError(
+                f"dense mode: the model cannot run an input twice the example's size: {type(e).__name__}: {e}"
+            ) from e
+        for conv, name in self.heads:
+            if conv.args[0] not in self.inner and conv in sizes and all(s == 1 for s in sizes[conv]):
+                owner = self._owner(conv.args[0])
+                raise NotConvertibleError(
+                    f"dense mode: the map in front of {name} does not grow with the input; {node_place(owner)} "
+                    "must pool it globally inside: trace that module through (or pass a graph that shows its pooling)"
+                )
+
+    def _owner(self, node: Node) -> Node:
+        """The module call a map comes from, looking back past single-input function calls."""
+        while node.op != "call_module" and len(node.all_input_nodes) == 1 and not P.module_path(node):
+            node = node.all_input_nodes[0]
         return node
-
-    def _freeze(self, pool: Node) -> None:
-        """Replace an adaptive pool (or a keepdim reduction) by the fixed pool it was for the example."""
-        x = pool.all_input_nodes[0]
-        size_in, size_out = shape_of(x)[2:], _kept_size(pool, shape_of(x))
-        kernel, stride = [], []
-        for i, o in zip(size_in, size_out):
-            if i % o:
-                raise NotConvertibleError(
-                    f"dense mode cannot freeze {describe(pool, self.modules)}: it pools a {size_in} map to "
-                    f"{size_out}, not a whole multiple, so no fixed pool computes it"
-                )
-            kernel.append(i // o)
-            stride.append(1 if o == 1 else i // o)
-        kind = P.pooling(pool, self.modules)
-        with self.graph.inserting_before(pool):
-            frozen = x if size_in == size_out else _fixed_pool(self.graph, x, kind, tuple(kernel), tuple(stride))
-        pool.replace_all_uses_with(frozen)
-        self.graph.erase_node(pool)
-        now = "identity" if frozen is x else f"{kind} pool, kernel {tuple(kernel)}, stride {tuple(stride)}"
-        self.report.frozen.append(Frozen(describe(pool, self.modules), f"{size_in} -> {size_out}", now))
-
-    def _drop_flatten(self, node: Node) -> None:
-        """Hand a head's output to the model's output as the (N, K, h, w) map, not flattened."""
-        flat = self.flats[node]
-        for user in list(node.users):
-            if user.op == "output":
-                user.replace_input_with(node, flat.map)
-            elif P.op_kind(user, self.modules) is P.Kind.ELEMENTWISE and P.data_input(user) is node:
-                self._drop_flatten(self.move(user, flat).node)
-            else:
-                raise NotConvertibleError(
-                    f"dense mode: the flattened output of a head is read by {describe(user, self.modules)}, "
-                    "which needs the (N, features) vector rather than a map"
-                )
 
 
 def _kept_size(pool: Node, size_in: tuple[int, ...]) -> tuple[int, ...]:
     """The spatial size a pool produced for the example (a reduction keeps 1s)."""
     out = shape_of(pool)
     return out[2:] if out is not None else (1,) * (len(size_in) - 2)
+
+
+def _as_tuple(value, rank: int) -> tuple[int, ...]:
+    """A pool's kernel/stride/padding argument as one int per spatial dim."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * rank
+
+
+def _pool_kernel(pool: Node, modules, rank: int) -> tuple[int, ...]:
+    """The kernel size of a fixed pool (module or call)."""
+    value = modules[pool.target].kernel_size if pool.op == "call_module" else P.arg(pool, 1, "kernel_size")
+    return _as_tuple(value, rank)
+
+
+def _pool_stride(pool: Node, modules, kernel: tuple[int, ...]):
+    """The stride of a fixed pool: its kernel where none is given."""
+    value = modules[pool.target].stride if pool.op == "call_module" else P.arg(pool, 2, "stride")
+    return value if value not in (None, [], ()) else kernel
 
 
 def _fixed_pool(graph, x: Node, kind: str, kernel: tuple[int, ...], stride: tuple[int, ...]) -> Node:

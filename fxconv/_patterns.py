@@ -19,7 +19,9 @@ The roles:
   arguments.
 * **reduction** — ``mean/sum/amax/amin`` over dims: a global reduction that ends 2-D is a flatten of the
   same reduction with ``keepdim=True``.
-* **adaptive pool** — pools a map to a fixed size (dense mode freezes it).
+* **adaptive pool**, **fixed pool** — pool a map to a fixed size, or with a fixed kernel (dense mode
+  freezes the pool in front of a head); **spatial norm** — GroupNorm/InstanceNorm, statistics over the
+  whole map (dense mode refuses them inside the backbone).
 * **element-wise**, **layer norm** — ops that commute with flattening (``relu(flatten(x)) ==
   flatten(relu(x))``); per-feature ops (BatchNorm1d, PReLU with one weight per feature) and LayerNorm over
   the features commute only when every feature sits on the channel axis (all spatial dims 1).
@@ -77,6 +79,9 @@ TORCH_LEVEL: dict[str, dict] = {
         "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min",
         "clamp_max", "abs", "neg", "mul", "div", "add", "sub", "contiguous", "clone", "detach",
     ]),
+    "fixed_pool": {F.avg_pool1d: "avg", F.avg_pool2d: "avg", F.avg_pool3d: "avg",
+                   F.max_pool1d: "max", F.max_pool2d: "max", F.max_pool3d: "max"},
+    "spatial_norm": dict.fromkeys([F.group_norm, F.instance_norm]),
     "layer_norm": {F.layer_norm: None},
     "conv": dict.fromkeys([F.conv1d, F.conv2d, F.conv3d]),
     "add": dict.fromkeys([operator.add, torch.add, "add"]),
@@ -100,6 +105,9 @@ ATEN_LEVEL: dict[str, dict] = {
         aten.alpha_dropout, aten.alpha_dropout_, aten.feature_dropout, aten.feature_dropout_, aten.clamp, aten.clamp_min, aten.clamp_max, aten.abs, aten.neg, aten.mul,
         aten.div, aten.add, aten.sub, aten.clone, aten.contiguous, aten.detach, aten.alias,
     ]),
+    "fixed_pool": {aten.avg_pool1d: "avg", aten.avg_pool2d: "avg", aten.avg_pool3d: "avg",
+                   aten.max_pool1d: "max", aten.max_pool2d: "max", aten.max_pool3d: "max"},
+    "spatial_norm": dict.fromkeys([aten.group_norm, aten.instance_norm]),
     "layer_norm": {aten.layer_norm: None},
     "conv": dict.fromkeys([aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution]),
     "add": dict.fromkeys([aten.add]),
@@ -113,6 +121,10 @@ _ELEMENTWISE_MODULES = (
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
     nn.Dropout, nn.AlphaDropout, nn.Identity,
 )  # fmt: skip
+_FIXED_POOL_MODULES = {
+    nn.AvgPool1d: "avg", nn.AvgPool2d: "avg", nn.AvgPool3d: "avg",
+    nn.MaxPool1d: "max", nn.MaxPool2d: "max", nn.MaxPool3d: "max",
+}  # fmt: skip
 _ADAPTIVE_POOL_MODULES = {
     nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
     nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max",
@@ -177,6 +189,47 @@ def pooling(node: Node, modules: dict[str, nn.Module]) -> str | None:
     if reduction_args(node) is not None:
         return role(node, "reduction")
     return None
+
+
+def fixed_pool(node: Node, modules: dict[str, nn.Module]) -> tuple[str, object, object] | None:
+    """For a pool of fixed kernel: ``(kind, padding, extras)``, extras what a plain pool lacks; else None.
+
+    ``extras`` names a dilation, divisor override or returned indices, which fxconv does not re-create.
+    """
+    if node.op == "call_module":
+        module = modules[node.target]
+        kind = _FIXED_POOL_MODULES.get(type(module))
+        if kind is None:
+            return None
+        extras = getattr(module, "divisor_override", None) or getattr(module, "return_indices", False)
+        extras = extras or getattr(module, "dilation", 1) not in (1, (1,), (1, 1), (1, 1, 1))
+        return kind, module.padding, extras
+    kind = role(node, "fixed_pool")
+    if kind is False:
+        return None
+    dilation = arg(node, 4, "dilation", 1) if kind == "max" else 1
+    extras = (kind == "avg" and arg(node, 6, "divisor_override")) or node.kwargs.get("return_indices")
+    extras = extras or (isinstance(dilation, int) and dilation != 1) or (not isinstance(dilation, int) and set(dilation) != {1})
+    return kind, arg(node, 3, "padding", 0), extras
+
+
+def pools_over_space(node: Node, modules: dict[str, nn.Module], shape) -> bool:
+    """Whether ``node`` mixes positions of a feature map globally: an adaptive pool, a reduction over a
+    spatial dim, or a GroupNorm/InstanceNorm (statistics over the whole map). ``shape`` reads recorded shapes."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+            return not module.track_running_stats or module.training
+        return isinstance(module, (nn.GroupNorm, *_ADAPTIVE_POOL_MODULES))
+    if has_role(node, "adaptive_pool") or has_role(node, "spatial_norm"):
+        return True
+    reduction = reduction_args(node)
+    size = shape(first_input(node)) if reduction is not None else None
+    if size is None or len(size) < 3:
+        return False
+    dims = reduction[0]
+    dims = range(len(size)) if dims is None else dims if isinstance(dims, (tuple, list)) else [dims]
+    return any(d % len(size) >= 2 and size[d % len(size)] > 1 for d in dims if isinstance(d, int))
 
 
 def module_kind(module: nn.Module) -> Kind | None:

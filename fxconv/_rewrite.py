@@ -191,6 +191,7 @@ class HeadRewriter:
         self.seen: dict[str, int] = {}  # how many calls of each name were met: repeated calls are numbered
         self.flats: dict[Node, _Flat] = {}  # every node known to be a flatten of a map
         self.maps: list[Node] = []  # the feature maps that heads read (their first convolution's input)
+        self.heads: list[tuple[Node, str]] = []  # each head's first convolution, with its Linear's name
 
     def run(self) -> None:
         """Rewrite the heads, then tidy the graph."""
@@ -352,7 +353,16 @@ class HeadRewriter:
         reshape is row-major, so the map is the tensor before such reshapes (up to 3 spatial dims).
         """
         node = P.first_input(source)
-        if source in self.flats or P.reduction_args(source) is not None:
+        if source in self.flats:
+            return node
+        if P.reduction_args(source) is not None:
+            # A reduction over every dim after the channels reads the map before any reshape that keeps
+            # (N, C): ``x.flatten(2).mean(-1) == x.mean((2, 3))``, so the map stays 2-D (or 3-D).
+            while P.is_reshape(node, self.modules):
+                before, after = shape_of(P.first_input(node)), shape_of(node)
+                if before is None or after is None or not 3 <= len(before) <= 5 or before[:2] != after[:2]:
+                    break
+                node = P.first_input(node)
             return node
         while P.is_reshape(node, self.modules):
             before = shape_of(P.first_input(node))
@@ -434,6 +444,8 @@ class HeadRewriter:
             # Folded, the batch items sit side by side along the last axis: the kernel steps over them.
             stride = spatial if flat.folded else 1
             conv = self.graph.call_function(CONVS[len(spatial)], (flat.map, w, b, stride))
+        if flat.map in self.maps:
+            self.heads.append((conv, name))
         self.report.converted.append(Converted(name, self.method, flat.origin, spatial, conv.name))
         log.debug("fxconv: %s -> %s, kernel %s", name, conv.name, spatial)
         self._flatten(conv, (out_features, *(1,) * len(spatial)), linear, folded=flat.folded, squeezed=flat.squeezed)
@@ -453,7 +465,7 @@ class HeadRewriter:
         reduction = P.reduction_args(source)
         if reduction is not None:
             # mean(x, dims) == flatten(mean(x, dims, keepdim=True)): keep the reduced dims as 1s.
-            dims, _ = reduction
+            dims = list(range(2, len(shape_of(inp))))
             kwargs = {k: v for k, v in source.kwargs.items() if k not in ("input", "dim", "keepdim")}
             with self.graph.inserting_before(source):
                 kept = self.graph.create_node(source.op, source.target, (inp, dims), {**kwargs, "keepdim": True})

@@ -23,6 +23,7 @@ source line (outside torch) where each tracer stopped, read from the exception's
 from __future__ import annotations
 
 import copy
+import re
 import sysconfig
 import traceback
 import warnings
@@ -40,7 +41,7 @@ from ._patterns import module_path
 from ._util import batch_of_two, eval_mode, first_line
 from .errors import ExampleInputError, InvalidArgumentError, TraceError
 
-__all__ = ["CAPTURES", "Captured", "capture", "export_again"]
+__all__ = ["CAPTURES", "Captured", "capture", "export_again", "node_place", "record_shapes"]
 
 CAPTURES = ("auto", "fx", "export")
 _TORCH_AND_FXCONV = tuple(str(Path(p).resolve()) for p in (torch.__path__[0], Path(__file__).parent))
@@ -117,8 +118,11 @@ def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
     """``torch.fx.symbolic_trace``, with each module's train/eval flag kept; a TraceError says where it stopped."""
     if "forward" in vars(model):
         raise TraceError(f"{type(model).__name__} has a forward set on the instance, which symbolic_trace ignores")
+    tracer = fx.Tracer()
+    tracer.record_stack_traces = True  # so that messages can name the source line of a node
     try:
-        gm = fx.symbolic_trace(model)
+        graph = tracer.trace(model)
+        gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as e:
         raise TraceError(f"symbolic_trace failed{_where(e, model)}: {first_line(e)}") from e
     # symbolic_trace rebuilds containers (ModuleList, ...) as new modules in training mode: give every
@@ -189,14 +193,16 @@ def _same(a, b) -> bool:
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph once and records each tensor's metadata as ``node.meta["tensor_meta"]``."""
 
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.extra_traceback = False  # fx would append the node and a traceback to our one-line error
+
     def run_node(self, n: Node):
         try:
             result = super().run_node(n)
         except Exception as e:
-            where = n.meta.get("stack_trace", "").strip().splitlines()[-1:] or [n.format_node()]
             raise ExampleInputError(
-                f"the model rejects the example inputs at {_node_place(n)} ({where[0].strip()}): "
-                f"{type(e).__name__}: {first_line(e)}"
+                f"the model rejects the example inputs at {node_place(n)}: {type(e).__name__}: {first_line(e)}"
             ) from e
         if isinstance(result, torch.Tensor):
             n.meta["tensor_meta"] = _extract_tensor_metadata(result)
@@ -214,12 +220,16 @@ def record_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]):
         return _ShapeRecorder(gm).run(*inputs)
 
 
-def _node_place(node: Node) -> str:
-    """A node as a user knows it: the module it runs in (torch.export records it), or its name."""
-    if node.op == "call_module":
-        return f"module {node.target!r}"
-    path = module_path(node)
-    return f"module {path!r}" if path else f"node {node.name!r}"
+def node_place(node: Node) -> str:
+    """A node as a user knows it: "module 'layer2.0.se' (model.py:12: `x.mean((2, 3))`)"."""
+    path = str(node.target) if node.op == "call_module" else module_path(node)
+    where = f"module {path!r}" if path else f"the model's own forward ({node.name})"
+    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', node.meta.get("stack_trace") or "")
+    user = [f for f in frames if not _is_library(f[0])]
+    if user:
+        file, line, code = user[-1]
+        where += f" ({Path(file).name}:{line}: `{code.strip()}`)"
+    return where
 
 
 def _where(error: BaseException, model: nn.Module) -> str:

@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--method", default="kernel", choices=METHODS, help="default kernel")
     c.add_argument("--layout", choices=LAYOUTS, help="where the batch goes in the head (default folded)")
     c.add_argument("--capture", default="auto", choices=CAPTURES, help="symbolic_trace (fx), torch.export, or auto (default)")
+    c.add_argument("--approximate", action="store_true",
+                   help="with --dense: accept global pools inside the backbone (squeeze-and-excitation)")
     c.add_argument("--dense", action="store_true", help="fully convolutional: (N, classes, h, w) on larger inputs")
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
     c.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the original")
@@ -100,7 +102,7 @@ def _convert(args: argparse.Namespace) -> int:
         model = _load_model(args.model, args.state_dict)
         example = torch.randn(shape)
     with _step("tracing and converting", timings, "convert"):
-        module, report = convert(model, example, args.method, layout=args.layout, dense=args.dense, capture=args.capture)
+        module, report = convert(model, example, args.method, layout=args.layout, dense=args.dense, approximate=args.approximate, capture=args.capture)
     print(report)
 
     with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:

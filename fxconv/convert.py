@@ -53,6 +53,7 @@ def convert(
     *,
     layout: str | None = None,
     dense: bool = False,
+    approximate: bool = False,
     strict: bool = False,
     inplace: bool = False,
     capture: str = "auto",
@@ -80,7 +81,10 @@ def convert(
 
     ``dense=True`` (method "kernel") makes the model fully convolutional: for inputs larger than the
     example it returns (N, out, h, w), one prediction per window; see ``fxconv._dense``. A model whose
-    head cannot be made dense raises :class:`NotConvertibleError` naming the obstacle.
+    head cannot be made dense raises :class:`NotConvertibleError` naming the obstacle: every window is
+    exact or the conversion is refused. ``approximate=True`` accepts global pools inside the backbone
+    (squeeze-and-excitation blocks): each window then sees the whole image through them, and
+    ``report.approximate`` lists them.
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
@@ -92,10 +96,15 @@ def convert(
             f"layout {layout!r} is not one of {', '.join(LAYOUTS)}" if layout not in LAYOUTS
             else "dense=True needs layout='batched': the windows of one image already fill the spatial axes"
         )
+    if approximate and not dense:
+        raise InvalidArgumentError("approximate=True is a dense-mode option: pass dense=True too")
     inputs = as_tuple(example_inputs)
     captured = capture_graph(model, inputs, capture, inplace=inplace)
     report = Report(method=method, layout=layout, dense=dense, capture=captured.how, capture_note=captured.note)
-    (DenseRewriter if dense else HeadRewriter)(captured.gm, method, layout, report).run()
+    if dense:
+        DenseRewriter(captured.gm, method, layout, report, inputs=inputs, approximate=approximate).run()
+    else:
+        HeadRewriter(captured.gm, method, layout, report).run()
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     if captured.program is not None:

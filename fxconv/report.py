@@ -47,6 +47,7 @@ class Report:
     converted: list[Converted] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     frozen: list[Frozen] = field(default_factory=list)
+    approximate: list[str] = field(default_factory=list)  # dense mode: global pools kept (approximate=True)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of everything in the report."""
@@ -69,4 +70,10 @@ class Report:
             lines.append(f"  skipped    {s.name:<24} [{s.code}] {s.reason}")
         for f in self.frozen:
             lines.append(f"  frozen     {f.name:<24} {f.was} -> {f.now}")
+        if self.approximate:
+            lines.append(
+                f"  APPROXIMATE: {len(self.approximate)} global pools inside the backbone still pool the "
+                "whole input, so a window's prediction depends on pixels outside it:"
+            )
+            lines += [f"    {name}" for name in self.approximate]
         return "\n".join(lines)

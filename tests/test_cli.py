@@ -208,3 +208,15 @@ def test_inspect_a_corrupt_file_is_one_line(workdir):
 def test_debug_shows_the_traceback(workdir):
     result = fxconv_cli("convert", "nets:broken", "--input-shape", TINY, "-o", "m.onnx", "--debug", cwd=workdir)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.slow
+def test_dense_refuses_squeeze_and_excitation_in_one_line_and_approximate_says_so(workdir):
+    args = ("convert", "torchvision:mobilenet_v3_small", "--input-shape", "1,3,64,64", "--dense")
+    refused = fxconv_cli(*args, "-o", "a.onnx", cwd=workdir)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "module 'features.1.block.1.avgpool'" in refused.stderr.splitlines()[-1]
+    assert "--approximate" in refused.stderr and not (workdir / "a.onnx").exists()
+    accepted = fxconv_cli(*args, "--approximate", "-o", "b.onnx", cwd=workdir)
+    assert accepted.returncode == 0, accepted.stderr
+    assert "APPROXIMATE: 9 global pools" in accepted.stdout and "check PASSED" in accepted.stdout
