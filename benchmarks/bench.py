@@ -1,7 +1,8 @@
 """What the rewrite costs or gains: original vs converted models in onnxruntime and PyTorch eager.
 
-    python benchmarks/bench.py            # quick (~5 min on 2 cores): heads at batch 1, 8, 32; models at 1, 8
-    python benchmarks/bench.py --full     # (~25 min) models at batch 32 too, heads at 128, more rounds
+    python benchmarks/bench.py            # quick: heads at batch 1, 8, 32; models at 1, 8
+    python benchmarks/bench.py --full --out benchmarks/results   # the published figures: models at 32 too,
+                                                                 # heads at 128, more rounds
     python benchmarks/bench.py --tiny     # seconds: small stand-in models, to prove the script runs
 
 For each model, batch size and runtime, the original and each converted variant run interleaved (the
@@ -9,8 +10,13 @@ order rotates every round) after a warm-up; a row's ratio is the median over rou
 ``time(converted) / time(original)`` measured in the same round, so drifts of a noisy machine cancel.
 It also reports each variant's max abs difference from the original, how long ``convert`` and
 ``export_onnx`` take, the peak memory of converting vgg16 (copy vs ``inplace=True``), and the dense
-mode's speed-up over evaluating crops. Results: a table on the terminal, ``bench.json`` (every figure,
-the machine and library versions) and ``bench.png`` (ratios; needs matplotlib, the ``bench`` extra).
+mode's speed-up over evaluating crops. Every ratio comes with its spread over the rounds (min–max); a
+row whose rounds disagree by more than 1.5x is flagged as measured on a noisy machine.
+
+Results: a table on the terminal, ``bench.json`` (every figure, the machine and library versions) and
+``bench.png`` (one panel per family, on a linear axis around 1 with the goal line and the spread; needs
+matplotlib, the ``bench`` extra), in ``benchmarks/scratch`` unless ``--out`` says otherwise. Only
+``--full`` may write to ``benchmarks/results``, where the README's figures live.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ import fxconv
 from fxconv._util import versions
 
 HERE = Path(__file__).resolve().parent
+PUBLISHED = HERE / "results"
+NOISY = 1.5  # a ratio whose slowest round is this much above its fastest: the machine was busy
 VARIANTS = {"kernel": dict(method="kernel"), "1x1": dict(method="1x1")}  # the default, folded layout
 BATCHED = {"kernel batched": dict(method="kernel", layout="batched")}  # the textbook layout, for contrast
 
@@ -98,8 +106,10 @@ def interleaved(runners: dict[str, callable], rounds: int) -> dict[str, list[flo
     return times
 
 
-def median_ratio(times: dict[str, list[float]], name: str) -> float:
-    return statistics.median(t / o for t, o in zip(times[name], times["original"]))
+def ratios(times: dict[str, list[float]], name: str) -> dict[str, float]:
+    """The median of the per-round ratios time(name) / time(original), and their min and max."""
+    per_round = [t / o for t, o in zip(times[name], times["original"])]
+    return {"ratio": statistics.median(per_round), "ratio_min": min(per_round), "ratio_max": max(per_round)}
 
 
 def bench_model(name, factory, item_shape, batches, rounds, threads, folder: Path, progress: Progress) -> list[dict]:
@@ -142,7 +152,7 @@ def bench_model(name, factory, item_shape, batches, rounds, threads, folder: Pat
                         "model": name, "runtime": runtime, "batch": batch, "variant": variant,
                         "original_ms": 1e3 * statistics.median(times["original"]),
                         "converted_ms": 1e3 * statistics.median(times[variant]),
-                        "ratio": median_ratio(times, variant),
+                        **ratios(times, variant),
                         "max_abs_diff": onnx_diffs[variant] if runtime == "onnxruntime" else diffs[variant],
                         **setup[variant],
                     })  # fmt: skip
@@ -165,7 +175,9 @@ def bench_dense(name, rounds, threads) -> dict:
         grid = dense(image)
         times = interleaved({"original": lambda: model(crops), "dense": lambda: dense(image)}, rounds)
     crops_ms, dense_ms = (1e3 * statistics.median(times[k]) for k in ("original", "dense"))
-    return {"model": name, "crops_ms": crops_ms, "dense_ms": dense_ms, "speedup": 1 / median_ratio(times, "dense"),
+    spread = ratios(times, "dense")  # dense / crops: its inverse is the speed-up
+    return {"model": name, "crops_ms": crops_ms, "dense_ms": dense_ms, "speedup": 1 / spread["ratio"],
+            "speedup_min": 1 / spread["ratio_max"], "speedup_max": 1 / spread["ratio_min"],
             "grid": list(grid.shape)}  # fmt: skip
 
 
@@ -194,17 +206,30 @@ def bench_memory() -> list[dict]:
     return rows
 
 
+def noisy(row: dict) -> bool:
+    """Whether a row's rounds disagree wildly (a busy machine): its ratio is not to be trusted."""
+    return row["ratio_max"] > NOISY * row["ratio_min"]
+
+
 def table(rows: list[dict]) -> str:
-    lines = [f"{'model':<20}{'runtime':<13}{'batch':>6}  {'variant':<16}{'original ms':>12}{'converted ms':>13}{'ratio':>7}{'max abs diff':>14}"]
+    lines = [
+        f"{'model':<20}{'runtime':<13}{'batch':>6}  {'variant':<16}{'original ms':>12}{'converted ms':>13}"
+        f"{'ratio':>7}  {'spread':<12}{'max abs diff':>12}"
+    ]
     for r in rows:
+        flag = "  NOISY" if noisy(r) else ""
         lines.append(
             f"{r['model']:<20}{r['runtime']:<13}{r['batch']:>6}  {r['variant']:<16}{r['original_ms']:>12.2f}"
-            f"{r['converted_ms']:>13.2f}{r['ratio']:>7.2f}{r['max_abs_diff']:>14.2e}"
+            f"{r['converted_ms']:>13.2f}{r['ratio']:>7.2f}  {r['ratio_min']:.2f}-{r['ratio_max']:<7.2f}"
+            f"{r['max_abs_diff']:>12.1e}{flag}"
         )
+    if any(noisy(r) for r in rows):
+        lines.append(f"NOISY: the rounds of that row differ by more than {NOISY}x; the machine was busy, measure again")
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> bool:
+def plot(rows: list[dict], dense: list[dict], path: Path, threads: int) -> bool:
+    """One panel per family: heads (folded), whole models, heads in the batched layout, dense mode."""
     try:
         import matplotlib
 
@@ -212,19 +237,69 @@ def plot(rows: list[dict], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    series = sorted({(r["model"], r["variant"]) for r in rows if r["runtime"] == "onnxruntime"})
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for i, (model, variant) in enumerate(series):
-        points = [(r["batch"], r["ratio"]) for r in rows if (r["model"], r["variant"], r["runtime"]) == (model, variant, "onnxruntime")]
-        style = "--" if "batched" in variant else "-"
-        ax.plot(*zip(*points), style, marker="o", color=plt.cm.tab20(i % 20), label=f"{model} / {variant}")
-    ax.axhline(1.10, color="red", linestyle="--", label="goal: 1.10x")
-    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="converted / original latency (median)",
-           title="fxconv in onnxruntime (CPU)")  # fmt: skip
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ort_rows = [r for r in rows if r["runtime"] == "onnxruntime"]
+    panels = [
+        ("classifier heads, default folded layout", lambda r: r["model"].endswith("head") and "batched" not in r["variant"]),
+        ("whole models, default folded layout", lambda r: not r["model"].endswith("head")),
+        ("heads, batched layout (the textbook form, for contrast)", lambda r: "batched" in r["variant"]),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    for ax, (title, keep) in zip(axes.flat, panels):
+        _ratio_panel(ax, [r for r in ort_rows if keep(r)], title)
+    _dense_panel(axes.flat[3], dense)
+    fig.suptitle(f"fxconv: converted / original latency in onnxruntime (CPU, {threads} threads); "
+                 "median of interleaved rounds, bars = min-max")  # fmt: skip
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
     return True
+
+
+def _ratio_panel(ax, rows: list[dict], title: str) -> None:
+    """Ratios by batch size on a linear axis around 1, one colour per model, one marker per method."""
+    ax.set_title(title, fontsize=10)
+    if not rows:
+        ax.set_visible(False)
+        return
+    batches = sorted({r["batch"] for r in rows})
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    colours = {m: f"C{i}" for i, m in enumerate(models)}  # tab10: colours told apart
+    markers = dict(zip(variants, ("o", "s", "^", "D")))
+    series = [(m, v) for m in models for v in variants]
+    for k, (model, variant) in enumerate(series):
+        points = sorted((r["batch"], r) for r in rows if (r["model"], r["variant"]) == (model, variant))
+        if not points:
+            continue
+        shift = (k - (len(series) - 1) / 2) * 0.06  # side by side, so the bars do not hide each other
+        x = [batches.index(b) + shift for b, _ in points]
+        y = [r["ratio"] for _, r in points]
+        spread = [[r["ratio"] - r["ratio_min"] for _, r in points], [r["ratio_max"] - r["ratio"] for _, r in points]]
+        ax.errorbar(x, y, yerr=spread, color=colours[model], marker=markers[variant], capsize=3,
+                    linestyle="-" if variant == variants[0] else "--", label=f"{model}, {variant}")  # fmt: skip
+    top = max(1.5, max(r["ratio_max"] for r in rows) * 1.05)
+    ax.set_ylim(min(0.5, min(r["ratio_min"] for r in rows) * 0.95), top)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    if top < 3:
+        ax.axhline(1.10, color="red", linestyle=":", label="goal: at most 1.10x")
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set(xlabel="batch size", ylabel="converted / original")
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _dense_panel(ax, dense: list[dict]) -> None:
+    """Dense mode's speed-up over the same classifier on its crops, with the rounds' spread."""
+    ax.set_title("dense mode: one 448x448 pass vs 64 crops of 224 (PyTorch eager)", fontsize=10)
+    if not dense:
+        ax.set_visible(False)
+        return
+    x = range(len(dense))
+    y = [d["speedup"] for d in dense]
+    spread = [[d["speedup"] - d["speedup_min"] for d in dense], [d["speedup_max"] - d["speedup"] for d in dense]]
+    ax.bar(x, y, yerr=spread, capsize=4, color=[f"C{i}" for i in x])
+    for i, d in enumerate(dense):
+        ax.text(i, d["speedup"] / 2, f"{d['speedup']:.1f}x", ha="center", color="white", fontweight="bold")
+    ax.set_xticks(list(x), [d["model"] for d in dense])
+    ax.set(ylabel="speed-up (crops time / dense time)")
 
 
 def main(argv=None) -> int:
@@ -233,8 +308,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="small stand-in models: proves the script runs")
     parser.add_argument("--only", choices=("models", "dense", "memory"), help="run one part (writes bench-PART.json)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=HERE / "scratch",
+                        help="where to write (default benchmarks/scratch; only --full may write benchmarks/results)")
     args = parser.parse_args(argv)
+    if args.out.resolve() == PUBLISHED and not args.full:
+        parser.error("only --full replaces the published figures in benchmarks/results")
     batches = (1,) if args.tiny else (1, 8, 32)
     rounds = 3 if args.tiny else 9 if args.full else 5
     args.out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +340,7 @@ def main(argv=None) -> int:
     print(table(rows))
     for d in dense:
         print(f"dense {d['model']}: 448x448 in one pass {d['dense_ms']:.0f} ms vs 64 crops {d['crops_ms']:.0f} ms: "
-              f"{d['speedup']:.1f}x faster (output grid {d['grid']})")
+              f"{d['speedup']:.1f}x faster (rounds {d['speedup_min']:.1f}-{d['speedup_max']:.1f}x; grid {d['grid']})")
     for m in memory:
         print(f"convert vgg16 ({m['mode']}): peak memory +{m['peak_added_mib']:.0f} MiB for {m['weights_mib']:.0f} MiB of weights")
     machine = {**versions(), "processor": platform.processor(), "cpus": os.cpu_count()}
@@ -270,7 +348,7 @@ def main(argv=None) -> int:
                 "versions": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
     stem = f"bench-{args.only}" if args.only else "bench"
     (args.out / f"{stem}.json").write_text(json.dumps(document, indent=2))
-    plotted = bool(rows) and plot(rows, args.out / f"{stem}.png")
+    plotted = bool(rows or dense) and plot(rows, dense, args.out / f"{stem}.png", args.threads)
     print(f"wrote {args.out / stem}.json" + (f" and {stem}.png" if plotted else ""))
     return 0
 

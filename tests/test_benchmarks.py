@@ -12,31 +12,44 @@ from PIL import Image
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600)
+
+
 def test_the_benchmark_runs_in_tiny_mode(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench.py"), "--tiny", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result = run("bench.py", "--tiny", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "ratio" in result.stdout and "tiny head" in result.stdout
+    assert "ratio" in result.stdout and "spread" in result.stdout and "tiny head" in result.stdout
     document = json.loads((tmp_path / "bench.json").read_text())
     rows = document["rows"]
     assert {(r["runtime"], r["variant"]) for r in rows} == {
         (runtime, variant) for runtime in ("onnxruntime", "pytorch") for variant in ("kernel", "1x1", "kernel batched")
     }
     for row in rows:
-        assert row["ratio"] > 0 and row["original_ms"] > 0 and row["converted_ms"] > 0
+        assert 0 < row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
+        assert row["original_ms"] > 0 and row["converted_ms"] > 0
         assert row["max_abs_diff"] < 1e-4 and row["convert_s"] > 0 and row["export_s"] > 0
     assert document["versions"]["onnxruntime"] and document["threads"] == 2
+    with Image.open(tmp_path / "bench.png") as image:
+        assert image.size[0] > 1000  # four panels
 
 
-def test_the_heatmap_example_writes_a_png(tmp_path):
-    out = tmp_path / "heat.png"
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "heatmap.py"), "--size", "256", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "(2, 2) grid of windows" in result.stdout and "frozen" in result.stdout
-    with Image.open(out) as image:
-        assert image.size == (2 * 256 + 3 * 4, 256 + 2 * 4)  # image and overlay side by side
+def test_only_full_replaces_the_published_figures():
+    published = BENCHMARKS / "results"
+    before = {p.name: p.stat().st_mtime for p in published.iterdir()}
+    result = run("bench.py", "--tiny", "--out", str(published))
+    assert result.returncode == 2 and "only --full replaces the published figures" in result.stderr
+    assert {p.name: p.stat().st_mtime for p in published.iterdir()} == before
+
+
+def test_the_heatmap_example_learns_matches_the_crops_and_draws_the_same_picture_twice(tmp_path):
+    outputs = []
+    for name in ("a.png", "b.png"):
+        result = run("heatmap.py", "--steps", "40", "--out", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        assert "the dense grid equals the crop-by-crop grid" in result.stdout
+        assert "25x41 windows" in result.stdout and "faster" in result.stdout
+        outputs.append((tmp_path / name).read_bytes())
+    assert outputs[0] == outputs[1]  # seeded: the same picture
+    with Image.open(tmp_path / "a.png") as image:
+        assert image.size == (1000, 360)
