@@ -4,6 +4,8 @@
 >>> module, report = fxconv.convert(model, torch.randn(2, 3, 224, 224))   # doctest: +SKIP
 """
 
+from importlib import metadata as _metadata
+
 from .check import OnnxCheck, check_onnx, load_onnx, op_census
 from .convert import CAPTURES, LAYOUTS, METHODS, ConvertResult, convert
 from .errors import (
@@ -16,6 +18,11 @@ from .errors import (
 )
 from .export import export_onnx
 from .report import Converted, Frozen, Report, Skipped
+
+try:
+    __version__ = _metadata.version("fxconv")
+except _metadata.PackageNotFoundError:  # run from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "CAPTURES",

@@ -6,7 +6,8 @@
     fxconv convert timm:resnet18 -o r18.onnx;  fxconv convert model.pt2 -o model.onnx
     fxconv inspect resnet50.onnx
 
-Exit codes: 0 success, 1 the onnxruntime check failed, 2 bad usage or input. Errors are one line on
+Exit codes: 0 success, 1 the onnxruntime check failed (or ``--strict`` found a Linear left alone), 2 bad
+usage or input, 130 interrupted. Errors are one line on
 stderr (``--debug`` shows the traceback). The output appears only once it is complete and checked; an
 existing file is never replaced unless ``--force`` is given.
 """
@@ -29,13 +30,14 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 
+from . import __version__
 from ._util import first_line, versions
 from .check import check_onnx, load_onnx, op_census
 from .convert import CAPTURES, LAYOUTS, METHODS, convert
 from .errors import FxconvError, InvalidArgumentError
 from .export import export_onnx
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130: 128 + SIGINT, as shells do
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,6 +49,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fxconv", description="Rewrite flatten→Linear heads as convolutions, export ONNX, check it.")
+    parser.add_argument("--version", action="version", version=f"fxconv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = commands.add_parser("convert", help="convert a model and write a checked ONNX file")
@@ -66,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
     c.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the original")
     c.add_argument("--state-dict", type=Path, metavar="WEIGHTS.pt", help="load these weights into the model first")
+    c.add_argument("--strict", action="store_true", help="exit 1 and write nothing if any Linear is left alone")
     c.add_argument("--force", action="store_true", help="replace OUT.onnx / REPORT.json if they exist")
     c.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -80,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _convert(args) if args.command == "convert" else _inspect(args)
+    except KeyboardInterrupt:  # the staging folders are context managers: nothing is left behind
+        print("fxconv: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:
         if args.debug:
             raise
@@ -104,6 +111,11 @@ def _convert(args: argparse.Namespace) -> int:
     with _step("tracing and converting", timings, "convert"):
         module, report = convert(model, example, args.method, layout=args.layout, dense=args.dense, approximate=args.approximate, capture=args.capture)
     print(report)
+    if not report.converted:
+        print("fxconv: note: no Linear was converted; the file will hold the model as it was", file=sys.stderr)
+    if args.strict and report.skipped:
+        print(f"fxconv: --strict: {len(report.skipped)} Linear left alone; nothing was written", file=sys.stderr)
+        return EXIT_CHECK_FAILED
 
     with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
         staged = Path(staging) / args.output.name
@@ -159,6 +171,8 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 def _check_writable(path: Path, force: bool) -> None:
     """Refuse, before any work, an output whose folder is missing or that exists (unless forced)."""
+    if path.is_dir():
+        raise InvalidArgumentError(f"{path} is a directory: name the file to write, e.g. {path / 'model.onnx'}")
     if not path.parent.is_dir():
         raise InvalidArgumentError(f"cannot write {path}: directory {path.parent} does not exist")
     if path.exists() and not force:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 import textwrap
@@ -30,6 +31,9 @@ def noisy():
 
 def broken():
     raise RuntimeError("no weights here")
+
+def per_pixel():  # a Linear over the last axis of an image: nothing a head rewrite converts (not-2d)
+    return nn.Sequential(nn.Conv2d(3, 2, 1), nn.Linear(16, 4))
 
 class Net(nn.Module):  # built with arguments, or by a classmethod: the specs real libraries need
 
@@ -173,12 +177,13 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["nets:make", "--dense", "--method", "1x1"], "dense=True needs method='kernel'"),
         (["nets:make", "--state-dict", "absent.pt"], "cannot load --state-dict"),
         (["nets:make", "-o", "missing/m.onnx"], "directory missing does not exist"),
+        (["nets:make", "-o", "."], ". is a directory: name the file to write"),
         (["nets:make", "-o", "existing.onnx"], "existing.onnx exists; pass --force"),
         (["nets:make", "--bogus"], "unrecognized arguments: --bogus"),
     ],
     ids=[
         "unknown-model", "no-module", "no-callable", "no-attribute", "not-a-literal", "syntax-error", "unknown-timm", "factory-fails", "bad-spec", "shape-unparsable",
-        "shape-rejected", "unknown-method", "unknown-layout", "dense-1x1", "bad-state-dict", "missing-dir", "existing-output", "bad-flag",
+        "shape-rejected", "unknown-method", "unknown-layout", "dense-1x1", "bad-state-dict", "missing-dir", "output-is-a-directory", "existing-output", "bad-flag",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
@@ -220,3 +225,33 @@ def test_dense_refuses_squeeze_and_excitation_in_one_line_and_approximate_says_s
     accepted = fxconv_cli(*args, "--approximate", "-o", "b.onnx", cwd=workdir)
     assert accepted.returncode == 0, accepted.stderr
     assert "APPROXIMATE: 9 global pools" in accepted.stdout and "check PASSED" in accepted.stdout
+
+
+def test_version():
+    result = subprocess.run([sys.executable, "-m", "fxconv", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"fxconv {fxconv.__version__}"
+
+
+def test_nothing_converted_is_said_and_strict_writes_nothing(workdir):
+    plain = fxconv_cli("convert", "nets:per_pixel", "--input-shape", TINY, "-o", "p.onnx", cwd=workdir)
+    assert plain.returncode == 0, plain.stderr
+    assert "no Linear was converted" in plain.stderr and "[not-2d]" in plain.stdout
+    strict = fxconv_cli("convert", "nets:per_pixel", "--input-shape", TINY, "--strict", "-o", "s.onnx", cwd=workdir)
+    assert strict.returncode == 1 and "--strict: 1 Linear left alone; nothing was written" in strict.stderr
+    assert not (workdir / "s.onnx").exists() and "Traceback" not in strict.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_exporting_exits_130_in_one_line_and_leaves_nothing(workdir):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fxconv", "convert", "torchvision:vgg11", "--input-shape", "1,3,64,64", "-o", "v.onnx"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in process.stderr:
+        if line.startswith("... exporting"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=300)
+    assert process.returncode == 130
+    assert rest.strip().splitlines()[-1] == "fxconv: interrupted; nothing was written" and "Traceback" not in rest
+    assert sorted(p.name for p in workdir.iterdir()) == ["nets.py"]  # no file, no staging folder
