@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
     c.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the original")
     c.add_argument("--state-dict", type=Path, metavar="WEIGHTS.pt", help="load these weights into the model first")
+    c.add_argument("--allow-pickle", action="store_true",
+                   help="load a torch.save(model) file, which runs code stored in it: only for files you trust")
     c.add_argument("--strict", action="store_true", help="exit 1 and write nothing if any Linear is left alone")
     c.add_argument("--force", action="store_true", help="replace OUT.onnx / REPORT.json if they exist")
     c.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -106,7 +108,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     timings: dict[str, float] = {}
     with _step("loading the model", timings, "load"):
-        model = _load_model(args.model, args.state_dict)
+        model = _load_model(args.model, args.state_dict, args.allow_pickle)
         example = torch.randn(shape)
     with _step("tracing and converting", timings, "convert"):
         module, report = convert(model, example, args.method, layout=args.layout, dense=args.dense, approximate=args.approximate, capture=args.capture)
@@ -179,7 +181,7 @@ def _check_writable(path: Path, force: bool) -> None:
         raise InvalidArgumentError(f"{path} exists; pass --force to replace it")
 
 
-def _load_model(spec: str, state_dict: Path | None) -> nn.Module | ExportedProgram:
+def _load_model(spec: str, state_dict: Path | None, allow_pickle: bool = False) -> nn.Module | ExportedProgram:
     """The model a MODEL argument names (in eval mode), with ``state_dict`` loaded into it if given."""
     if os.getcwd() not in sys.path:  # modules and pickled classes import from where the user stands
         sys.path.insert(0, os.getcwd())
@@ -194,10 +196,7 @@ def _load_model(spec: str, state_dict: Path | None) -> nn.Module | ExportedProgr
         except Exception as e:
             raise InvalidArgumentError(f"cannot load {spec} with torch.export.load: {first_line(e)}") from e
     elif Path(spec).is_file():
-        try:
-            model = torch.load(spec, weights_only=False)
-        except Exception as e:
-            raise InvalidArgumentError(f"cannot load {spec} with torch.load: {e}") from e
+        model = _pickled_model(spec, allow_pickle)
     elif ":" in spec:
         model = _factory_model(spec)
     else:
@@ -208,10 +207,35 @@ def _load_model(spec: str, state_dict: Path | None) -> nn.Module | ExportedProgr
         raise InvalidArgumentError(f"{spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if state_dict is not None:
         try:
-            model.load_state_dict(torch.load(state_dict, map_location="cpu", weights_only=True))
+            weights = torch.load(state_dict, map_location="cpu", weights_only=True)
+            if isinstance(weights, dict) and isinstance(weights.get("state_dict"), dict):
+                weights = weights["state_dict"]  # a training checkpoint: {"state_dict": ..., "epoch": ...}
+            model.load_state_dict(weights)
         except Exception as e:
             raise InvalidArgumentError(f"cannot load --state-dict {state_dict}: {e}") from e
     return model.eval()
+
+
+def _pickled_model(spec: str, allow_pickle: bool) -> nn.Module:
+    """A ``torch.save(model)`` file: unpickling runs code from it, so only with ``--allow-pickle``."""
+    try:
+        torch.load(spec, map_location="cpu", weights_only=True)
+    except Exception:
+        pass  # not plain tensors: a pickled model (or not a torch file at all)
+    else:
+        raise InvalidArgumentError(
+            f"{spec} holds weights, not a model: name the model (torchvision:NAME, module:Factory) and pass "
+            f"this file with --state-dict"
+        )
+    if not allow_pickle:
+        raise InvalidArgumentError(
+            f"{spec} is a pickled model: loading it runs code stored in the file. If you trust it, pass "
+            "--allow-pickle (safer: torch.export.save a .pt2 file, or a state dict with --state-dict)"
+        )
+    try:
+        return torch.load(spec, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise InvalidArgumentError(f"cannot load {spec} with torch.load: {first_line(e)}") from e
 
 
 def _torchvision_model(name: str) -> nn.Module:

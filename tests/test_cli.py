@@ -93,14 +93,23 @@ def test_a_module_callable_model(workdir):
     assert "Gemm" not in fxconv.op_census(fxconv.load_onnx(workdir / "m.onnx"))
 
 
-def test_a_torch_saved_model_and_a_state_dict(workdir):
+def test_a_pickled_model_needs_allow_pickle_and_checkpoints_are_unwrapped(workdir):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(2 * 14 * 14, 4))
     torch.save(model, workdir / "model.pt")
-    torch.save(nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(392, 4)).state_dict(), workdir / "w.pt")
-    result = fxconv_cli("convert", "model.pt", "--input-shape", TINY, "--state-dict", "w.pt", "-o", "m.onnx", cwd=workdir)
+    weights = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(392, 4)).state_dict()
+    torch.save({"state_dict": weights, "epoch": 3}, workdir / "w.pt")  # a training checkpoint
+    refused = fxconv_cli("convert", "model.pt", "--input-shape", TINY, "-o", "m.onnx", cwd=workdir)
+    assert refused.returncode == 2 and "pickled model" in refused.stderr and "--allow-pickle" in refused.stderr
+    assert not (workdir / "m.onnx").exists()
+    weights_only = fxconv_cli("convert", "w.pt", "--input-shape", TINY, "-o", "m.onnx", cwd=workdir)
+    assert weights_only.returncode == 2 and "holds weights, not a model" in weights_only.stderr
+    result = fxconv_cli(
+        "convert", "model.pt", "--allow-pickle", "--input-shape", TINY, "--state-dict", "w.pt", "-o", "m.onnx",
+        "--report", "r.json", cwd=workdir,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert (workdir / "m.onnx").is_file()
+    assert (workdir / "m.onnx").is_file() and "check PASSED" in result.stdout
 
 
 @pytest.mark.parametrize(
