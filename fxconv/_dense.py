@@ -72,7 +72,9 @@ class DenseRewriter(HeadRewriter):
         if not self.report.converted:
             raise NotConvertibleError("dense mode: the model has no Linear fed by a flattened feature map")
         pools = {map_: self._pool_in_front(map_) for map_ in dict.fromkeys(self.maps)}
-        self.inner = inner = {map_ for map_, pool in pools.items() if pool is not None and self._gates_a_map(pool)}
+        # Heads inside the backbone: a squeeze-and-excitation gate built from Linears.
+        inner = {map_ for map_, pool in pools.items() if pool is not None and self._gates_a_map(pool)}
+        self.inner = inner  # _check_growth exempts them: their pool stays global
         global_pools = [n for n in self.graph.nodes if P.pools_over_space(n, self.modules, shape_of)]
         backbone = [n for n in global_pools if n not in pools.values() or n in (pools[m] for m in inner)]
         if backbone and not self.approximate:

@@ -38,6 +38,7 @@ do not change.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -255,14 +256,12 @@ class HeadRewriter:
         weight, flipped = _untransposed(w)
         call = LinearCall(node, x, weight, not flipped, bias)
         if len(shape_of(w) or ()) != 2:
-            return LinearCall(node, x, w, True, bias, (
-                "weight-rank", f"its constant operand has shape {shape_of(w)}, not a (in, out) matrix",
-            ))  # fmt: skip
+            reason = f"its constant operand has shape {shape_of(w)}, not a (in, out) matrix"
+            return dataclasses.replace(call, refusal=("weight-rank", reason))
         if form == "addmm":
             if (node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)) != (1, 1):
-                return LinearCall(node, x, weight, not flipped, bias, (
-                    "scaled", "addmm with beta or alpha other than 1 scales the product or the bias",
-                ))  # fmt: skip
+                reason = "addmm with beta or alpha other than 1 scales the product or the bias"
+                return dataclasses.replace(call, refusal=("scaled", reason))
             return call
         return self._with_bias_add(call)
 
@@ -275,7 +274,7 @@ class HeadRewriter:
         width = (shape_of(call.node) or (None,))[-1]
         if bias not in self.constants or math.prod(shape_of(bias) or (0,)) != width or shape_of(user) != shape_of(call.node):
             return call
-        return LinearCall(user, call.input, call.weight, call.transposed, bias)
+        return dataclasses.replace(call, node=user, bias=bias)
 
     # -- finding the flatten ---------------------------------------------------------------------
 
