@@ -1,38 +1,48 @@
-"""Prove an ONNX file equal to its reference model with onnxruntime, and describe ONNX files.
+"""Prove an ONNX file equal to its reference model in a runtime, and describe ONNX files.
 
-``check_onnx`` validates the file (``onnx.checker`` with ``full_check=True``), opens an onnxruntime CPU
-session, and runs file and reference on random inputs shaped like the example at several batch sizes,
-one of them unlike the example's (which proves the batch is really dynamic).
+``check_onnx`` validates the file (``onnx.checker`` with ``full_check=True``), opens it in onnxruntime
+(CPU) or OpenVINO (CPU, f32 precision: on CPUs with AMX OpenVINO would otherwise compute in bf16), and
+runs file and reference on random inputs shaped like the example at several batch sizes, one of them
+unlike the example's (which proves the batch is really dynamic).
 
-Tolerance. A float32 dot product of K terms carries a rounding error of about sqrt(K)·2^-24 of its
-terms' magnitude, and onnxruntime sums in another order than PyTorch: a 25k-wide head (VGG's fc6) differs
-by ~1e-6 of the output's scale, more than an absolute 1e-5 on large logits. Randomly initialised deep
-models reach logits of 1e9, where elementwise tolerances fail on the small entries. So each output is
-judged against its own scale: ``|onnx - torch| <= atol + rtol · max|torch|`` with rtol = 1e-4 and
-atol = 1e-5 by default: ten times the rounding seen on the zoo, while a wrong weight layout is off by
-the order of the output itself.
+Tolerance. A dot product of K terms carries a rounding error of about sqrt(K)·eps of its terms'
+magnitude, and a runtime sums in another order than PyTorch: a 25k-wide head (VGG's fc6) differs by
+~1e-6 of the output's scale in float32, more than an absolute 1e-5 on large logits. Randomly initialised
+deep models reach logits of 1e9, where elementwise tolerances fail on the small entries. So each output
+is judged against its own scale: ``|file - torch| <= atol + rtol · max|torch|``, with (rtol, atol) =
+(1e-4, 1e-5) for float32 inputs — ten times the rounding seen on the zoo — and (1e-2, 1e-3) for float16,
+whose eps is 2^-10 (unconverted float16 files differ from PyTorch by ~5e-4 of the scale). A wrong weight
+layout is off by the order of the output itself in every dtype.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 from torch.export import ExportedProgram
 
 from ._util import as_tuple, eval_mode, first_line
-from .errors import OnnxError
+from .errors import InvalidArgumentError, OnnxError
 
-__all__ = ["OnnxCheck", "check_onnx", "load_onnx", "op_census"]
+__all__ = ["RUNTIMES", "OnnxCheck", "Session", "check_onnx", "load_onnx", "op_census", "open_session", "runtime_refusal",
+           "tolerance"]
 
+RUNTIMES = ("onnxruntime", "openvino")
+_TOLERANCES = {torch.float16: (1e-2, 1e-3), torch.bfloat16: (5e-2, 1e-2)}  # (rtol, atol); else float32's
 RTOL, ATOL = 1e-4, 1e-5
+
+
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(rtol, atol) for outputs computed from inputs of ``dtype`` (see the module docstring)."""
+    return _TOLERANCES.get(dtype, (RTOL, ATOL))
 
 
 @dataclass
@@ -47,11 +57,12 @@ class OnnxCheck:
     rtol: float = RTOL
     atol: float = ATOL
     outputs: list[tuple[int, ...]] = field(default_factory=list)  # output shapes at the last batch size
+    runtime: str = "onnxruntime"
 
     def __str__(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
         return (
-            f"onnxruntime check {verdict}: max abs diff {self.max_abs_diff:.3g}, max rel diff "
+            f"{self.runtime} check {verdict}: max abs diff {self.max_abs_diff:.3g}, max rel diff "
             f"{self.max_rel_diff:.3g} (tolerance {self.atol:g} + {self.rtol:g}·scale) at batch sizes "
             f"{', '.join(map(str, self.batch_sizes))}"
         )
@@ -76,32 +87,111 @@ def op_census(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in nodes).items()))
 
 
+@dataclass
+class Session:
+    """An ONNX file opened in a runtime: its declared inputs, and a call from arrays to output arrays."""
+
+    runtime: str
+    inputs: list[tuple[str, list[int | str | None]]]  # (name, dims); a free dim is a str or None
+    run: Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+def open_session(path: str | os.PathLike, runtime: str = "onnxruntime", *, threads: int | None = None) -> Session:
+    """Open an ONNX file on the CPU of ``runtime`` ("onnxruntime" or "openvino", computing in f32)."""
+    if runtime not in RUNTIMES:
+        raise InvalidArgumentError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    try:
+        return (_onnxruntime if runtime == "onnxruntime" else _openvino)(str(path), threads)
+    except ImportError as e:
+        raise InvalidArgumentError(f"{runtime} is not installed: pip install 'fxconv[{runtime}]'") from e
+    except Exception as e:
+        raise OnnxError(f"{runtime} cannot load {path}: {first_line(e)}") from e
+
+
+def runtime_refusal(dtypes: set[torch.dtype], runtime: str) -> str | None:
+    """Why ``runtime`` cannot run a converted model computing in these dtypes, with the way out; or None."""
+    if runtime == "onnxruntime" and torch.float64 in dtypes:
+        return (
+            "onnxruntime has no float64 (double) Conv kernel, so a float64 model with convolutions cannot run "
+            "there; convert a float32 copy (model.float(), float32 example inputs), or check with OpenVINO"
+        )
+    return None
+
+
+def _file_dtypes(model: onnx.ModelProto) -> set[torch.dtype]:
+    """The dtypes of a model's float inputs and initializers."""
+    types = [v.type.tensor_type.elem_type for v in model.graph.input] + [i.data_type for i in model.graph.initializer]
+    return {_TORCH_DTYPES[t] for t in types if t in _TORCH_DTYPES}
+
+
+_TORCH_DTYPES = {onnx.TensorProto.DOUBLE: torch.float64, onnx.TensorProto.FLOAT: torch.float32,
+                 onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16}
+
+
+def _onnxruntime(path: str, threads: int | None) -> Session:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return Session(
+        "onnxruntime",
+        [(i.name, list(i.shape)) for i in session.get_inputs()],
+        lambda arrays: session.run(None, dict(zip(names, arrays))),
+    )
+
+
+def _openvino(path: str, threads: int | None) -> Session:
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "f32"}  # not bf16 on AMX CPUs: the check compares with f32 PyTorch
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(path, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        results = request.infer(arrays)
+        return [np.asarray(results[port]) for port in compiled.outputs]
+
+    dims = [[d.get_length() if d.is_static else None for d in port.get_partial_shape()] for port in compiled.inputs]
+    return Session("openvino", [(port.get_any_name(), d) for port, d in zip(compiled.inputs, dims)], run)
+
+
 def check_onnx(
     path: str | os.PathLike,
     reference: nn.Module | ExportedProgram,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
     *,
+    runtime: str = "onnxruntime",
     batch_sizes: tuple[int, ...] | None = None,
-    rtol: float = RTOL,
-    atol: float = ATOL,
+    rtol: float | None = None,
+    atol: float | None = None,
     seed: int = 0,
 ) -> OnnxCheck:
-    """Run the ONNX file and ``reference`` (in eval mode) on the same random inputs and compare.
+    """Run the ONNX file in ``runtime`` and ``reference`` (in eval mode) on the same random inputs; compare.
 
     ``batch_sizes`` defaults to 1 and one size larger than the example's batch (the file's own batch
-    if it is static). A missing, corrupt or interface-mismatched file raises :class:`OnnxError`;
-    differing numbers give ``passed=False``.
+    if it is static). ``rtol``/``atol`` default to the example's dtype (:func:`tolerance`). A missing,
+    corrupt or interface-mismatched file, or one the runtime cannot run (float64 convolutions in
+    onnxruntime), raises :class:`OnnxError`; differing numbers give ``passed=False``.
     """
     example = as_tuple(example_inputs)
+    floats = [t.dtype for t in example if t.is_floating_point()]
+    default_rtol, default_atol = max((tolerance(d) for d in floats), default=(RTOL, ATOL))
+    rtol, atol = default_rtol if rtol is None else rtol, default_atol if atol is None else atol
     if isinstance(reference, ExportedProgram):
         reference = reference.module()
     model = load_onnx(path)
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise OnnxError(f"onnxruntime cannot load {path}: {first_line(e)}") from e
+    refusal = runtime_refusal(_file_dtypes(model), runtime) if "Conv" in op_census(model) else None
+    if refusal:
+        raise OnnxError(f"{path}: {refusal}")
+    session = open_session(path, runtime)
     _check_interface(session, example, path)
-    static = session.get_inputs()[0].shape[0]
+    static = session.inputs[0][1][0]
     sizes = batch_sizes or ((static,) if isinstance(static, int) else (1, max(example[0].shape[0], 2) + 1))
     generator = torch.Generator().manual_seed(seed)
     max_abs = max_rel = 0.0
@@ -110,11 +200,11 @@ def check_onnx(
         inputs = tuple(_random_like(t, n, generator) for t in example)
         with torch.no_grad(), eval_mode(reference):
             want = _tensors(reference(*inputs))
-        got = session.run(None, {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)})
+        got = session.run([t.numpy() for t in inputs])
         if len(got) != len(want):
             raise OnnxError(f"{path} has {len(got)} outputs, the reference model returns {len(want)}")
         for g, w in zip(got, want):
-            w = w.numpy()
+            w = w.to(torch.float64).numpy()
             if g.shape != w.shape:
                 raise OnnxError(f"{path} gives an output of shape {g.shape} where the reference gives {w.shape}")
             diff = float(np.abs(g.astype(np.float64) - w).max(initial=0.0))
@@ -123,19 +213,18 @@ def check_onnx(
             max_rel = max(max_rel, diff / scale if scale else diff)
             passed &= diff <= atol + rtol * scale
     outputs = [tuple(g.shape) for g in got]
-    return OnnxCheck(passed, max_abs, max_rel, op_census(model), tuple(sizes), rtol, atol, outputs)
+    return OnnxCheck(passed, max_abs, max_rel, op_census(model), tuple(sizes), rtol, atol, outputs, runtime)
 
 
-def _check_interface(session: ort.InferenceSession, example: tuple[torch.Tensor, ...], path) -> None:
+def _check_interface(session: Session, example: tuple[torch.Tensor, ...], path) -> None:
     """The file takes as many inputs as the example, of the same rank and fixed dims."""
-    declared = session.get_inputs()
-    if len(declared) != len(example):
-        raise OnnxError(f"{path} takes {len(declared)} inputs, the example has {len(example)}")
-    for spec, t in zip(declared, example):
-        fixed = all(isinstance(d, str) or d is None or d == s for d, s in zip(spec.shape[1:], t.shape[1:]))
-        if len(spec.shape) != t.dim() or not fixed:
+    if len(session.inputs) != len(example):
+        raise OnnxError(f"{path} takes {len(session.inputs)} inputs, the example has {len(example)}")
+    for (name, shape), t in zip(session.inputs, example):
+        fixed = all(not isinstance(d, int) or d == s for d, s in zip(shape[1:], t.shape[1:]))
+        if len(shape) != t.dim() or not fixed:
             raise OnnxError(
-                f"{path} expects input {spec.name!r} of shape {spec.shape}, the example is {tuple(t.shape)}: "
+                f"{path} expects input {name!r} of shape {shape}, the example is {tuple(t.shape)}: "
                 "the file does not belong to this reference model"
             )
 

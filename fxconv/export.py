@@ -1,14 +1,16 @@
-"""ONNX export of any module (original or converted): dynamic batch, one file, written atomically.
+"""ONNX export of any module (original or converted) in the form a deployment toolchain takes.
 
-Uses ``torch.onnx.export`` (the torch.export-based exporter, which needs onnxscript). Two things are
-added on top of it:
+Uses ``torch.onnx.export`` (the torch.export-based exporter, which needs onnxscript), then:
 
-* The convolutions fxconv builds read ``linear.weight.unflatten(...)``. The exporter folds constants only
-  below a size limit, so a large head would keep a ``Reshape`` of its weight at run time; fxconv folds
-  every pure re-layout of a constant (Reshape, Transpose, ...) so each Conv reads an initializer of
-  its own shape and the file is what a convolution-only toolchain expects.
-* The file appears at its path only when complete: it is written beside it under a temporary name and
-  renamed over it, so a failure leaves neither a partial file nor a clobbered one.
+* tidies the graph (``_tidy``): weight re-layouts folded into initializers named after the Linear's
+  weight, and at a static batch the layout moves of size-1 axes dropped, so a converted head exported at
+  ``batch=1`` is Conv/activation/.../Reshape only, its first Conv at stride 1;
+* names the inputs and outputs the same for every model (``input``/``output``, or ``input_0``, ...),
+  so the original and the converted file of one model are interchangeable in a deployment config;
+* converts to the requested opset (the exporter writes 18+; 13-17 are reached with onnxscript's
+  version converter once the constant re-layouts are folded, which is what defeats the exporter's own);
+* writes the file atomically: beside its path under a temporary name, renamed over it when complete,
+  so a failure leaves neither a partial file nor a clobbered one.
 """
 
 from __future__ import annotations
@@ -20,21 +22,24 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import onnx_ir.passes.common as ir_passes
+import onnx
+import onnx_ir as ir
 import torch
-from onnxscript.optimizer import fold_constants
 from torch import nn
 from torch.export import ExportedProgram
 
+from ._opset import lower_opset
+from ._tidy import tidy
 from ._util import as_tuple, batch_of_two, eval_mode, first_line
-from .errors import OnnxError
+from .errors import InvalidArgumentError, OnnxError
 
-__all__ = ["export_onnx"]
+__all__ = ["OPSETS", "export_onnx"]
 
 log = logging.getLogger(__name__)
 
-_RELAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
 _PROTOBUF_LIMIT = 2 * 1024**3  # one-file ONNX models must stay under protobuf's 2 GB
+_EXPORTER_OPSET = 18  # the lowest opset torch.onnx's exporter writes itself
+OPSETS = range(13, onnx.defs.onnx_opset_version() + 1)
 
 
 def export_onnx(
@@ -42,47 +47,91 @@ def export_onnx(
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
     path: str | os.PathLike,
     *,
+    batch: int | None = None,
+    opset: int | None = None,
+    input_names: list[str] | tuple[str, ...] | None = None,
+    output_names: list[str] | tuple[str, ...] | None = None,
     dynamic_spatial: bool = False,
 ) -> Path:
     """Export ``module`` (in eval mode) to ONNX at ``path``; return the path.
 
-    The batch dimension of every input is dynamic (named ``batch``); with ``dynamic_spatial=True`` the
-    spatial dims are too (``dim2``, ``dim3``, ...: for dense models). An ``ExportedProgram`` is exported
-    as it is, dynamic where it is. Models under 2 GB are one
-    self-contained file; larger ones keep their weights in ``<path>.data`` beside it. An existing file
-    at ``path`` is replaced only once the new one is complete.
+    ``batch=None`` leaves the batch dimension of every input free (named ``batch``); an int fixes it
+    (the example's rows are repeated or cut to that size). With ``dynamic_spatial=True`` the spatial
+    dims are free too (``dim2``, ``dim3``, ...: for dense models). An ``ExportedProgram`` is exported
+    dynamic where it is, unless ``batch`` is given. ``opset`` is any of :data:`OPSETS` (default: the
+    exporter's own, 20 in torch 2.9+). Inputs are named ``input`` and outputs ``output`` (``input_0``,
+    ``input_1``, ... when there are several) unless named here. Models under 2 GB are one self-contained
+    file; larger ones keep their weights in ``<path>.data`` beside it. An existing file at ``path`` is
+    replaced only once the new one is complete.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise OnnxError(f"cannot write {path}: directory {path.parent} does not exist")
-    inputs = tuple(batch_of_two(t) for t in as_tuple(example_inputs))
+    if opset is not None and opset not in OPSETS:
+        raise InvalidArgumentError(f"opset {opset} is not one fxconv writes: choose {OPSETS[0]} to {OPSETS[-1]}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise InvalidArgumentError(f"batch must be a positive int or None (dynamic), got {batch!r}")
+    example = as_tuple(example_inputs)
+    if input_names is not None and len(input_names) != len(example):
+        raise InvalidArgumentError(f"the model takes {len(example)} inputs; input_names gives {list(input_names)}")
+    if batch is None:
+        inputs = tuple(batch_of_two(t) for t in example)
+    else:
+        inputs = tuple(t[torch.arange(batch) % t.shape[0]] for t in example)
+        if isinstance(module, ExportedProgram):
+            module = module.module()  # re-captured at the fixed batch
     exported = isinstance(module, ExportedProgram)
-    dynamic = None if exported else tuple(_dynamic_dims(t, dynamic_spatial) for t in inputs)
+    dynamic = None if exported else tuple(_dynamic_dims(t, batch is None, dynamic_spatial) for t in inputs)
+    if dynamic is not None and not any(dynamic):
+        dynamic = None
     try:
         with contextlib.nullcontext() if exported else eval_mode(module), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
-            program = torch.onnx.export(module, inputs, dynamo=True, dynamic_shapes=dynamic, verbose=False)
+            program = torch.onnx.export(
+                module, inputs, dynamo=True, dynamic_shapes=dynamic, verbose=False, optimize=False,
+                opset_version=max(opset, _EXPORTER_OPSET) if opset else None,
+            )
     except Exception as e:
         raise OnnxError(f"torch.onnx.export failed for {type(module).__name__}: {first_line(e)}") from e
-    fold_constants(program.model, should_fold=lambda node: True if node.op_type in _RELAYOUT_OPS else None)
-    ir_passes.RemoveUnusedNodesPass()(program.model)
+    model = tidy(program.model)
+    _name_values(model.graph, model.graph.inputs, input_names, "input")
+    _name_values(model.graph, model.graph.outputs, output_names, "output")
+    if opset is not None and opset < _EXPORTER_OPSET:
+        lower_opset(model, opset)
     tensors = module.state_dict.values() if exported else module.parameters()
     external = sum(p.numel() * p.element_size() for p in tensors) >= _PROTOBUF_LIMIT
-    _write_atomically(program, path, external)
+    _write_atomically(model, path, external)
     log.debug("fxconv: wrote %s", path)
     return path
 
 
-def _dynamic_dims(t: torch.Tensor, spatial: bool) -> dict[int, str]:
+def _name_values(graph: ir.Graph, values, names, default: str) -> None:
+    """Name the graph's inputs or outputs: ``names`` if given, else ``default`` (numbered if several)."""
+    if names is None:
+        names = [default] if len(values) == 1 else [f"{default}_{i}" for i in range(len(values))]
+    names = list(names)
+    if len(names) != len(values) or len(set(names)) != len(names):
+        raise InvalidArgumentError(f"the file has {len(values)} {default}s; {default}_names gives {names}")
+    others = {v.name: v for node in graph for v in node.outputs} | dict(graph.initializers)
+    for value in values:
+        others.pop(value.name, None)
+    for name in names:  # an inner value that holds a wanted name gives it up
+        if name in others:
+            others[name].name = f"{name}_inner"
+    for value, name in zip(values, names):
+        value.name = name
+
+
+def _dynamic_dims(t: torch.Tensor, batch: bool, spatial: bool) -> dict[int, str] | None:
     """The dims of one input that the file leaves free."""
-    dims = {0: "batch"}
+    dims = {0: "batch"} if batch else {}
     if spatial:
         dims.update({d: f"dim{d}" for d in range(2, t.dim())})
-    return dims
+    return dims or None
 
 
-def _write_atomically(program, path: Path, external: bool) -> None:
-    """Save ``program`` under its final name in a temporary folder beside ``path``, then move it there.
+def _write_atomically(model: ir.Model, path: Path, external: bool) -> None:
+    """Save ``model`` under its final name in a temporary folder beside ``path``, then move it there.
 
     The folder (and whatever a failed save left in it) is removed in every case. With external data
     the weights file, which the model names, moves first: a new model never points at missing weights.
@@ -90,7 +139,7 @@ def _write_atomically(program, path: Path, external: bool) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
         staged = Path(folder) / path.name
         try:
-            program.save(staged, external_data=external)
+            ir.save(model, staged, external_data=f"{path.name}.data" if external else None)
             if external:
                 os.replace(f"{staged}.data", f"{path}.data")
             os.replace(staged, path)
