@@ -2,12 +2,14 @@
 
 >>> import fxconv
 >>> module, report = fxconv.convert(model, torch.randn(2, 3, 224, 224))   # doctest: +SKIP
+
+The names below load on first use, so that ``import fxconv`` (and ``fxconv --help``) does not import
+torch.
 """
 
+import importlib as _importlib
 from importlib import metadata as _metadata
 
-from .check import OnnxCheck, check_onnx, load_onnx, op_census
-from .convert import CAPTURES, LAYOUTS, METHODS, ConvertResult, convert
 from .errors import (
     ExampleInputError,
     FxconvError,
@@ -16,7 +18,7 @@ from .errors import (
     OnnxError,
     TraceError,
 )
-from .export import export_onnx
+from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES
 from .report import Converted, Frozen, Report, Skipped
 
 try:
@@ -24,10 +26,32 @@ try:
 except _metadata.PackageNotFoundError:  # run from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+_LAZY = {  # public name: the module that defines it
+    "ConvertResult": "_convert",
+    "convert": "_convert",
+    "OnnxCheck": "check",
+    "check_onnx": "check",
+    "load_onnx": "check",
+    "op_census": "check",
+    "export_onnx": "export",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in ("capture", "check", "export"):  # submodules, as `fxconv.check.tolerance`
+        return _importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fxconv' has no attribute {name!r}")
+
+
 __all__ = [
     "CAPTURES",
     "LAYOUTS",
     "METHODS",
+    "RUNTIMES",
     "ConvertResult",
     "Converted",
     "ExampleInputError",
@@ -46,3 +70,7 @@ __all__ = [
     "load_onnx",
     "op_census",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

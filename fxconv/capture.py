@@ -40,10 +40,10 @@ from torch.utils._pytree import tree_leaves
 from ._patterns import module_path
 from ._util import batch_of_two, eval_mode, first_line
 from .errors import ExampleInputError, InvalidArgumentError, TraceError
+from .options import CAPTURES
 
-__all__ = ["CAPTURES", "Captured", "capture", "export_again", "node_place", "record_shapes"]
+__all__ = ["Captured", "capture", "export_again", "node_place", "record_shapes"]
 
-CAPTURES = ("auto", "fx", "export")
 _TORCH_AND_FXCONV = tuple(str(Path(p).resolve()) for p in (torch.__path__[0], Path(__file__).parent))
 _STDLIB = str(Path(sysconfig.get_path("stdlib")).resolve())
 
@@ -201,12 +201,30 @@ class _ShapeRecorder(fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as e:
+            expected = self._expected(n)
             raise ExampleInputError(
-                f"the model rejects the example inputs at {node_place(n)}: {type(e).__name__}: {first_line(e)}"
+                expected or f"the model rejects the example inputs at {node_place(n)}: {type(e).__name__}: {first_line(e)}"
             ) from e
         if isinstance(result, torch.Tensor):
             n.meta["tensor_meta"] = _extract_tensor_metadata(result)
         return result
+
+    def _expected(self, n: Node) -> str:
+        """What the model's first layer expects, when it is that layer that rejects an example; else ''."""
+        source = n.args[0] if n.op == "call_module" and n.args else None
+        if not isinstance(source, Node) or source.op != "placeholder":
+            return ""
+        layer = self.module.get_submodule(n.target)
+        shape = tuple(self.env[source].shape)
+        if isinstance(layer, nn.modules.conv._ConvNd):
+            rank = len(layer.kernel_size) + 2
+            dims = ", ".join(["N", "C", *"DHW"[3 - len(layer.kernel_size):]])
+            want = f"{layer.in_channels} input channels in a {rank}-D ({dims}) input"
+        elif isinstance(layer, nn.Linear):
+            want = f"inputs of {layer.in_features} features (the last dim)"
+        else:
+            return ""
+        return f"the model expects {want} (its first layer, {node_place(n)}, is {layer}); the example is {shape}"
 
 
 def record_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]):

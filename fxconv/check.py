@@ -31,11 +31,11 @@ from torch.export import ExportedProgram
 
 from ._util import as_tuple, eval_mode, first_line
 from .errors import InvalidArgumentError, OnnxError
+from .options import RUNTIMES
 
-__all__ = ["RUNTIMES", "OnnxCheck", "Session", "check_onnx", "load_onnx", "op_census", "open_session", "runtime_refusal",
+__all__ = ["OnnxCheck", "Session", "check_onnx", "load_onnx", "op_census", "open_session", "runtime_refusal",
            "tolerance"]
 
-RUNTIMES = ("onnxruntime", "openvino")
 _TOLERANCES = {torch.float16: (1e-2, 1e-3), torch.bfloat16: (5e-2, 1e-2)}  # (rtol, atol); else float32's
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -6,36 +6,36 @@
     fxconv convert timm:resnet18 -o r18.onnx;  fxconv convert model.pt2 -o model.onnx
     fxconv inspect resnet50.onnx
 
-Exit codes: 0 success, 1 the onnxruntime check failed (or ``--strict`` found a Linear left alone), 2 bad
-usage or input, 130 interrupted. Errors are one line on
-stderr (``--debug`` shows the traceback). The output appears only once it is complete and checked; an
-existing file is never replaced unless ``--force`` is given.
+    fxconv convert torchvision:alexnet --batch 1 --opset 13 --runtime openvino -o alexnet_npu.onnx
+
+Exit codes: 0 success, 1 the check failed (or ``--strict`` found a Linear left alone), 2 bad usage or
+input, 130 interrupted. Errors are one line on stderr (``--debug`` shows the traceback). The output
+appears only once it is complete and checked; an existing file is never replaced unless ``--force`` is
+given. torch is imported only once a command runs: ``fxconv --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
-import importlib
-import math
+import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import torch
-from torch import nn
-from torch.export import ExportedProgram
+from typing import TYPE_CHECKING
 
 from . import __version__
-from ._util import first_line, versions
-from .check import check_onnx, load_onnx, op_census
-from .convert import CAPTURES, LAYOUTS, METHODS, convert
 from .errors import FxconvError, InvalidArgumentError
-from .export import export_onnx
+from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES
+
+if TYPE_CHECKING:
+    import onnx
+
+    from .report import Report
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130: 128 + SIGINT, as shells do
 
@@ -67,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --dense: accept global pools inside the backbone (squeeze-and-excitation)")
     c.add_argument("--dense", action="store_true", help="fully convolutional: (N, classes, h, w) on larger inputs")
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
-    c.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison with the original")
+    c.add_argument("--batch", type=_positive, metavar="N", help="fix the file's batch size (default: dynamic)")
+    c.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 13 or later (default: the exporter's, 20)")
+    c.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES, help="what checks the file (default onnxruntime)")
+    c.add_argument("--no-check", action="store_true", help="skip the comparison with the original")
     c.add_argument("--state-dict", type=Path, metavar="WEIGHTS.pt", help="load these weights into the model first")
     c.add_argument("--allow-pickle", action="store_true",
                    help="load a torch.save(model) file, which runs code stored in it: only for files you trust")
@@ -79,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("file", type=Path, metavar="FILE.onnx")
     i.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,13 +114,32 @@ def _convert(args: argparse.Namespace) -> int:
     shape = _parse_shape(args.input_shape)
     for path in filter(None, (args.output, args.report)):
         _check_writable(path, args.force)
+    if not args.no_check and importlib.util.find_spec(args.runtime) is None:
+        raise InvalidArgumentError(f"--runtime {args.runtime}: it is not installed (pip install 'fxconv[{args.runtime}]')")
+    import torch  # imported here, not at the top: `fxconv --help` answers without it
+
+    from ._convert import convert
+    from ._load import load_model, model_dtype
+    from ._util import versions
+    from .check import check_onnx, load_onnx, op_census, runtime_refusal
+    from .export import OPSETS, export_onnx
+
+    if args.opset is not None and args.opset not in OPSETS:
+        raise InvalidArgumentError(f"--opset {args.opset}: fxconv writes opsets {OPSETS[0]} to {OPSETS[-1]}")
 
     timings: dict[str, float] = {}
     with _step("loading the model", timings, "load"):
-        model = _load_model(args.model, args.state_dict, args.allow_pickle)
-        example = torch.randn(shape)
+        model = load_model(args.model, args.state_dict, args.allow_pickle)
+        dtype = model_dtype(model)
+        refusal = None if args.no_check else runtime_refusal({dtype}, args.runtime)
+        if refusal:
+            raise InvalidArgumentError(f"the model is {dtype}: {refusal}")
+        example = torch.randn(shape, dtype=dtype)
     with _step("tracing and converting", timings, "convert"):
-        module, report = convert(model, example, args.method, layout=args.layout, dense=args.dense, approximate=args.approximate, capture=args.capture)
+        module, report = convert(
+            model, example, args.method, layout=args.layout, dense=args.dense, approximate=args.approximate,
+            capture=args.capture,
+        )
     print(report)
     if not report.converted:
         print("fxconv: note: no Linear was converted; the file will hold the model as it was", file=sys.stderr)
@@ -121,19 +149,18 @@ def _convert(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
         staged = Path(staging) / args.output.name
-        with _step("exporting the original model to ONNX (for the op census)", timings, "export_original"):
-            original_ops = op_census(load_onnx(export_onnx(model, example, Path(staging) / "original.onnx")))
         with _step("exporting the converted model to ONNX", timings, "export"):
-            export_onnx(module, example, staged, dynamic_spatial=args.dense)
-        converted_ops = op_census(load_onnx(staged))
-        print(_census_table(original_ops, converted_ops))
+            export_onnx(module, example, staged, batch=args.batch, opset=args.opset, dynamic_spatial=args.dense)
+        written_model = load_onnx(staged)
+        ops, weight_products = op_census(written_model), _weight_products(written_model)
+        print(_census_table(ops, report, weight_products))
         check = None
         if not args.no_check:
             # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose
             # output at the example's size convert() proves equal to the original's logits.
             reference, name = (module, "the dense PyTorch model") if args.dense else (model, "the original")
-            with _step(f"checking with onnxruntime against {name}", timings, "check"):
-                check = check_onnx(staged, reference, example)
+            with _step(f"checking with {args.runtime} against {name}", timings, "check"):
+                check = check_onnx(staged, reference, example, runtime=args.runtime)
             print(check)
         written = check is None or check.passed
         if written:
@@ -147,7 +174,8 @@ def _convert(args: argparse.Namespace) -> int:
             "input_shape": list(shape),
             "output": str(args.output) if written else None,
             **report.to_dict(),
-            "onnx_ops": {"original": original_ops, "converted": converted_ops},
+            "onnx": {"batch": args.batch, "opset": written_model.opset_import[0].version, "ops": ops,
+                     "weight_products": weight_products},
             "check": None if check is None else vars(check),
             "timings_s": timings,
             "versions": versions(),
@@ -181,136 +209,6 @@ def _check_writable(path: Path, force: bool) -> None:
         raise InvalidArgumentError(f"{path} exists; pass --force to replace it")
 
 
-def _load_model(spec: str, state_dict: Path | None, allow_pickle: bool = False) -> nn.Module | ExportedProgram:
-    """The model a MODEL argument names (in eval mode), with ``state_dict`` loaded into it if given."""
-    if os.getcwd() not in sys.path:  # modules and pickled classes import from where the user stands
-        sys.path.insert(0, os.getcwd())
-    library, _, name = spec.partition(":")
-    if library in _LIBRARIES and name:
-        model = _LIBRARIES[library](name)
-    elif Path(spec).is_file() and spec.endswith(".pt2"):
-        if state_dict is not None:
-            raise InvalidArgumentError(f"{spec} is an ExportedProgram: its weights are in it, --state-dict does not apply")
-        try:
-            return torch.export.load(spec)  # the safe format: no code runs; fixed to the mode it was saved in
-        except Exception as e:
-            raise InvalidArgumentError(f"cannot load {spec} with torch.export.load: {first_line(e)}") from e
-    elif Path(spec).is_file():
-        model = _pickled_model(spec, allow_pickle)
-    elif ":" in spec:
-        model = _factory_model(spec)
-    else:
-        raise InvalidArgumentError(
-            f"MODEL {spec!r} is neither torchvision:NAME, timm:NAME, package.module:callable, nor an existing file"
-        )
-    if not isinstance(model, nn.Module):
-        raise InvalidArgumentError(f"{spec} gave a {type(model).__name__}, not a torch.nn.Module")
-    if state_dict is not None:
-        try:
-            weights = torch.load(state_dict, map_location="cpu", weights_only=True)
-            if isinstance(weights, dict) and isinstance(weights.get("state_dict"), dict):
-                weights = weights["state_dict"]  # a training checkpoint: {"state_dict": ..., "epoch": ...}
-            model.load_state_dict(weights)
-        except Exception as e:
-            raise InvalidArgumentError(f"cannot load --state-dict {state_dict}: {e}") from e
-    return model.eval()
-
-
-def _pickled_model(spec: str, allow_pickle: bool) -> nn.Module:
-    """A ``torch.save(model)`` file: unpickling runs code from it, so only with ``--allow-pickle``."""
-    try:
-        torch.load(spec, map_location="cpu", weights_only=True)
-    except Exception:
-        pass  # not plain tensors: a pickled model (or not a torch file at all)
-    else:
-        raise InvalidArgumentError(
-            f"{spec} holds weights, not a model: name the model (torchvision:NAME, module:Factory) and pass "
-            f"this file with --state-dict"
-        )
-    if not allow_pickle:
-        raise InvalidArgumentError(
-            f"{spec} is a pickled model: loading it runs code stored in the file. If you trust it, pass "
-            "--allow-pickle (safer: torch.export.save a .pt2 file, or a state dict with --state-dict)"
-        )
-    try:
-        return torch.load(spec, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise InvalidArgumentError(f"cannot load {spec} with torch.load: {first_line(e)}") from e
-
-
-def _torchvision_model(name: str) -> nn.Module:
-    try:
-        import torchvision
-    except ImportError as e:
-        raise InvalidArgumentError("torchvision is not installed: pip install torchvision") from e
-    names = torchvision.models.list_models(module=torchvision.models)
-    if name not in names:
-        raise InvalidArgumentError(
-            f"unknown torchvision model {name!r}; classification models are: {', '.join(names)}"
-        )
-    return torchvision.models.get_model(name, weights=None)
-
-
-def _timm_model(name: str) -> nn.Module:
-    try:
-        import timm
-    except ImportError as e:
-        raise InvalidArgumentError("timm is not installed: pip install timm") from e
-    if not timm.is_model(name):
-        raise InvalidArgumentError(f"unknown timm model {name!r} (timm.list_models() lists them)")
-    return timm.create_model(name, pretrained=False)
-
-
-_LIBRARIES = {"torchvision": _torchvision_model, "timm": _timm_model}
-
-
-def _factory_model(spec: str) -> nn.Module:
-    """``package.module:Factory(arg, key=value)`` (dotted attributes, Python literals, no eval), or a
-    bare ``package.module:callable`` called without arguments; importable from here or PYTHONPATH."""
-    module_name, _, expression = spec.partition(":")
-    path, args, kwargs = _parse_call(expression, spec)
-    try:
-        target = importlib.import_module(module_name)
-    except SyntaxError as e:
-        raise InvalidArgumentError(f"cannot import {module_name!r}: syntax error in {e.filename}:{e.lineno}: {e.msg}") from e
-    except ImportError as e:
-        raise InvalidArgumentError(f"cannot import {module_name!r}: {e}") from e
-    for i, attr in enumerate(path):
-        if not hasattr(target, attr):
-            raise InvalidArgumentError(f"module {module_name!r} has no {'.'.join(path[: i + 1])!r}")
-        target = getattr(target, attr)
-    if isinstance(target, nn.Module) and not (args or kwargs):
-        return target
-    try:
-        return target(*args, **kwargs)
-    except Exception as e:
-        call = spec if "(" in expression else f"{spec}()"
-        raise InvalidArgumentError(f"{call} failed: {type(e).__name__}: {e}") from e
-
-
-def _parse_call(expression: str, spec: str) -> tuple[list[str], list, dict]:
-    """``A.b(1, k='v')`` -> (["A", "b"], [1], {"k": "v"}); arguments must be Python literals."""
-    try:
-        tree = ast.parse(expression.strip(), mode="eval").body
-        call = tree if isinstance(tree, ast.Call) else None
-        args = [ast.literal_eval(a) for a in call.args] if call else []
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords} if call else {}
-        if call and any(k.arg is None for k in call.keywords):
-            raise ValueError("**kwargs")
-        path, node = [], call.func if call else tree
-        while isinstance(node, ast.Attribute):
-            path.insert(0, node.attr)
-            node = node.value
-        if not isinstance(node, ast.Name):
-            raise ValueError(ast.dump(node))
-        return [node.id, *path], args, kwargs
-    except (SyntaxError, ValueError) as e:
-        raise InvalidArgumentError(
-            f"MODEL {spec!r}: after the ':' write a name, dotted names, or a call with literal arguments, "
-            "e.g. models:make_net, pkg.nets:Net.from_name('b0'), pkg.nets:Net(depth=18)"
-        ) from e
-
-
 @contextlib.contextmanager
 def _step(what: str, timings: dict[str, float], key: str):
     """Say on stderr that a step is running, and how long it took once done."""
@@ -321,13 +219,24 @@ def _step(what: str, timings: dict[str, float], key: str):
     print(f"    done in {timings[key]:.1f} s", file=sys.stderr, flush=True)
 
 
-def _census_table(original: dict[str, int], converted: dict[str, int]) -> str:
-    """The op counts of both files side by side; changed rows are marked."""
-    lines = [f"  {'ONNX op':<24}{'original':>9}{'converted':>11}"]
-    for op in sorted(set(original) | set(converted)):
-        a, b = original.get(op, 0), converted.get(op, 0)
-        lines.append(f"  {op:<24}{a:>9}{b:>11}{'   <-' if a != b else ''}")
+def _census_table(ops: dict[str, int], report: Report, weight_products: int) -> str:
+    """The file's op counts; the Convs that replaced Linears and any Gemm/MatMul reading a weight are marked.
+
+    The original model is not exported for a comparison (that would double the export time): what the
+    rewrite changed is known from the report, and what it left is counted in the file.
+    """
+    lines = [f"  {'ONNX op':<24}{'count':>7}"]
+    for op, n in ops.items():
+        note = f"   <- {len(report.converted)} replace Linears" if op == "Conv" and report.converted else ""
+        lines.append(f"  {op:<24}{n:>7}{note}")
+    lines.append(f"  Gemm/MatMul reading a weight: {weight_products}")
     return "\n".join(lines)
+
+
+def _weight_products(model: onnx.ModelProto) -> int:
+    """How many Gemm/MatMul nodes of the graph read an initializer: the Linears still in the file."""
+    initializers = {i.name for i in model.graph.initializer}
+    return sum(n.op_type in ("Gemm", "MatMul") and any(i in initializers for i in n.input) for n in model.graph.node)
 
 
 def _write_json(path: Path, document: dict) -> None:
@@ -342,6 +251,8 @@ def _write_json(path: Path, document: dict) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from .check import load_onnx, op_census
+
     model = load_onnx(args.file)
     graph = model.graph
     initializers = {i.name for i in graph.initializer}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import signal
@@ -28,6 +29,9 @@ def noisy():
         def forward(self, x):
             return x.flatten(1) + torch.rand_like(x.flatten(1))  # differs on every run: the check fails
     return Noisy()
+
+def double():
+    return make().double()
 
 def broken():
     raise RuntimeError("no weights here")
@@ -72,11 +76,14 @@ def test_a_torchvision_model_end_to_end(workdir):
     assert result.returncode == 0, result.stderr
     assert "converted  fc" in result.stdout and "check PASSED" in result.stdout
     assert "exporting the converted model" in result.stderr  # long steps say that they run
+    assert "original" not in result.stderr.split("checking")[0]  # one export: the original's is not needed
+    assert "<- 1 replace Linears" in result.stdout and "Gemm/MatMul reading a weight: 0" in result.stdout
     ops = fxconv.op_census(fxconv.load_onnx(workdir / "r18.onnx"))
     assert ops["Conv"] == 21 and "Gemm" not in ops
     report = json.loads((workdir / "r18.json").read_text())
     assert [c["name"] for c in report["converted"]] == ["fc"]
-    assert report["onnx_ops"]["original"]["Gemm"] == 1 and report["check"]["passed"]
+    assert report["onnx"] == {"batch": None, "opset": 20, "ops": ops, "weight_products": 0}
+    assert report["check"]["passed"] and report["check"]["runtime"] == "onnxruntime"
     assert set(report["timings_s"]) >= {"convert", "export", "check"} and report["versions"]["torch"]
 
     inspected = fxconv_cli("inspect", "r18.onnx", cwd=workdir)
@@ -84,6 +91,42 @@ def test_a_torchvision_model_end_to_end(workdir):
     assert "[batch, 3, 64, 64]" in inspected.stdout and "Conv" in inspected.stdout
     initializers = fxconv.load_onnx(workdir / "r18.onnx").graph.initializer
     assert f"parameters: {sum(math.prod(i.dims) for i in initializers):,} in {len(initializers)}" in inspected.stdout
+
+
+@pytest.mark.slow
+def test_an_npu_file_static_batch_older_opset_checked_in_openvino(workdir):
+    pytest.importorskip("openvino")
+    result = fxconv_cli(
+        "convert", "torchvision:alexnet", "--input-shape", "1,3,224,224", "--batch", "1", "--opset", "13",
+        "--runtime", "openvino", "-o", "a.onnx", "--report", "a.json", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "openvino check PASSED" in result.stdout and "Transpose" not in result.stdout
+    written = fxconv.load_onnx(workdir / "a.onnx")
+    assert written.opset_import[0].version == 13
+    assert [d.dim_value for d in written.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
+    assert [i.name for i in written.graph.input] == ["input"] and [o.name for o in written.graph.output] == ["output"]
+    assert json.loads((workdir / "a.json").read_text())["onnx"]["batch"] == 1
+
+
+def test_help_answers_without_importing_torch(workdir):
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['fxconv', 'convert', '--help']\n"
+        "try:\n    runpy.run_module('fxconv', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "print(code, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
+    assert "--opset N" in result.stdout and result.stdout.strip().endswith("0 False"), result.stdout
+
+
+def test_a_runtime_that_is_not_installed_is_refused_before_any_work(workdir, monkeypatch, capsys):
+    from fxconv import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    code = cli.main(["convert", "no.such:model", "--runtime", "openvino", "-o", str(workdir / "m.onnx")])
+    assert code == 2 and "--runtime openvino: it is not installed (pip install 'fxconv[openvino]')" in capsys.readouterr().err
 
 
 def test_a_module_callable_model(workdir):
@@ -180,7 +223,13 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["nets:broken"], "nets:broken() failed: RuntimeError: no weights here"),
         (["just-a-word"], "neither torchvision:NAME"),
         (["nets:make", "--input-shape", "1,3,a,b"], "is not a shape"),
-        (["nets:make", "--input-shape", "1,3,5,5"], "rejects the example inputs"),
+        (["nets:make", "--input-shape", "1,3,5,5"], "rejects the example inputs at module '3'"),
+        (["nets:make", "--input-shape", "1,1,16,16"], "expects 3 input channels in a 4-D (N, C, H, W) input"),
+        (["nets:make", "--input-shape", "1,3,16"], "its first layer, module '0', is Conv2d(3, 4"),
+        (["nets:double"], "the model is torch.float64: onnxruntime has no float64 (double) Conv kernel"),
+        (["nets:make", "--opset", "12"], "--opset 12: fxconv writes opsets 13 to"),
+        (["nets:make", "--batch", "0"], "'0' is not a positive integer"),
+        (["nets:make", "--runtime", "tensorrt"], "invalid choice: 'tensorrt'"),
         (["nets:make", "--method", "3x3"], "invalid choice: '3x3'"),
         (["nets:make", "--layout", "sideways"], "invalid choice: 'sideways'"),
         (["nets:make", "--dense", "--method", "1x1"], "dense=True needs method='kernel'"),
@@ -192,7 +241,7 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
     ],
     ids=[
         "unknown-model", "no-module", "no-callable", "no-attribute", "not-a-literal", "syntax-error", "unknown-timm", "factory-fails", "bad-spec", "shape-unparsable",
-        "shape-rejected", "unknown-method", "unknown-layout", "dense-1x1", "bad-state-dict", "missing-dir", "output-is-a-directory", "existing-output", "bad-flag",
+        "shape-rejected", "wrong-channels", "wrong-rank", "float64", "opset-12", "batch-0", "unknown-runtime", "unknown-method", "unknown-layout", "dense-1x1", "bad-state-dict", "missing-dir", "output-is-a-directory", "existing-output", "bad-flag",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(workdir, args, message):

@@ -28,15 +28,14 @@ from torch.export import ExportedProgram
 from ._dense import DenseRewriter
 from ._rewrite import HeadRewriter
 from ._util import as_tuple
-from .capture import CAPTURES, export_again
+from .capture import export_again
 from .capture import capture as capture_graph  # the name ``capture`` is convert's keyword
 from .errors import InvalidArgumentError, NotConvertibleError
+from .options import CAPTURES, LAYOUTS, METHODS
 from .report import Report
 
-__all__ = ["CAPTURES", "LAYOUTS", "METHODS", "ConvertResult", "convert"]
+__all__ = ["ConvertResult", "convert"]
 
-METHODS = ("kernel", "1x1")
-LAYOUTS = ("folded", "batched")
 
 
 class ConvertResult(NamedTuple):
