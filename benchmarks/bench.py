@@ -1,10 +1,11 @@
-"""What the rewrite costs or gains: original vs converted models in onnxruntime and PyTorch eager.
+"""What the rewrite costs or gains: original vs converted models in onnxruntime, OpenVINO and PyTorch eager.
 
     python benchmarks/bench.py            # quick: heads at batch 1, 8, 32; models at 1, 8
     python benchmarks/bench.py --full --out benchmarks/results   # the published figures: models at 32 too,
                                                                  # heads at 128, more rounds
     python benchmarks/bench.py --tiny     # seconds: small stand-in models, to prove the script runs
 
+OpenVINO (CPU, f32 precision, the ``openvino`` extra) is measured beside onnxruntime when installed.
 For each model, batch size and runtime, the original and each converted variant run interleaved (the
 order rotates every round) after a warm-up; a row's ratio is the median over rounds of
 ``time(converted) / time(original)`` measured in the same round, so drifts of a noisy machine cancel.
@@ -32,19 +33,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import onnxruntime as ort
+import importlib.util
+
 import torch
 import torchvision
 from torch import nn
 
 import fxconv
 from fxconv._util import versions
+from fxconv.check import open_session
 
 HERE = Path(__file__).resolve().parent
 PUBLISHED = HERE / "results"
 NOISY = 1.5  # a ratio whose slowest round is this much above its fastest: the machine was busy
 VARIANTS = {"kernel": dict(method="kernel"), "1x1": dict(method="1x1")}  # the default, folded layout
 BATCHED = {"kernel batched": dict(method="kernel", layout="batched")}  # the textbook layout, for contrast
+FILE_RUNTIMES = tuple(r for r in fxconv.RUNTIMES if importlib.util.find_spec(r) is not None)
 
 
 def _head(channels: int, size: int, widths: tuple[int, ...]) -> nn.Module:
@@ -113,7 +117,7 @@ def ratios(times: dict[str, list[float]], name: str) -> dict[str, float]:
 
 
 def bench_model(name, factory, item_shape, batches, rounds, threads, folder: Path, progress: Progress) -> list[dict]:
-    """All rows for one model: every batch size, both runtimes."""
+    """All rows for one model: every batch size, every runtime."""
     torch.manual_seed(0)
     original = factory().eval()
     example = torch.randn(2, *item_shape)
@@ -123,27 +127,26 @@ def bench_model(name, factory, item_shape, batches, rounds, threads, folder: Pat
         start = time.perf_counter()
         modules[variant] = fxconv.convert(original, example, **options).module
         setup[variant] = {"convert_s": time.perf_counter() - start}
-    sessions = {}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    sessions = {runtime: {} for runtime in FILE_RUNTIMES}
     for variant, module in modules.items():
         start = time.perf_counter()
         path = fxconv.export_onnx(module, example, folder / f"{name.replace(' ', '_')}_{variant.replace(' ', '_')}.onnx")
         setup.setdefault(variant, {})["export_s"] = time.perf_counter() - start
-        sessions[variant] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for runtime in FILE_RUNTIMES:
+            sessions[runtime][variant] = open_session(path, runtime, threads=threads)
     rows = []
     torch.set_num_threads(threads)
     for batch in batches:
         x = torch.randn(batch, *item_shape)
-        feed = {sessions["original"].get_inputs()[0].name: x.numpy()}
+        feed = [x.numpy()]
         with torch.inference_mode():
             want = original(x)
-            diffs = {v: float((m(x) - want).abs().max()) for v, m in modules.items() if v != "original"}
-            onnx_diffs = {v: float(abs(torch.from_numpy(s.run(None, feed)[0]) - want).max()) for v, s in sessions.items()}
-            for runtime, runners in (
-                ("onnxruntime", {v: (lambda s=s: s.run(None, feed)) for v, s in sessions.items()}),
-                ("pytorch", {v: (lambda m=m: m(x)) for v, m in modules.items()}),
-            ):
+            diffs = {("pytorch", v): float((m(x) - want).abs().max()) for v, m in modules.items()}
+            diffs |= {(r, v): float(abs(torch.from_numpy(s.run(feed)[0]) - want).max())
+                      for r in FILE_RUNTIMES for v, s in sessions[r].items()}  # fmt: skip
+            every = {r: {v: (lambda s=s: s.run(feed)) for v, s in sessions[r].items()} for r in FILE_RUNTIMES}
+            every["pytorch"] = {v: (lambda m=m: m(x)) for v, m in modules.items()}
+            for runtime, runners in every.items():
                 times = interleaved(runners, rounds)
                 for variant in modules:
                     if variant == "original":
@@ -153,7 +156,7 @@ def bench_model(name, factory, item_shape, batches, rounds, threads, folder: Pat
                         "original_ms": 1e3 * statistics.median(times["original"]),
                         "converted_ms": 1e3 * statistics.median(times[variant]),
                         **ratios(times, variant),
-                        "max_abs_diff": onnx_diffs[variant] if runtime == "onnxruntime" else diffs[variant],
+                        "max_abs_diff": diffs[runtime, variant],
                         **setup[variant],
                     })  # fmt: skip
                 progress.step(f"{name} batch {batch} {runtime}")
@@ -237,17 +240,22 @@ def plot(rows: list[dict], dense: list[dict], path: Path, threads: int) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    ort_rows = [r for r in rows if r["runtime"] == "onnxruntime"]
+    def folded_heads(r):
+        return r["model"].endswith("head") and "batched" not in r["variant"]
+
     panels = [
-        ("classifier heads, default folded layout", lambda r: r["model"].endswith("head") and "batched" not in r["variant"]),
-        ("whole models, default folded layout", lambda r: not r["model"].endswith("head")),
-        ("heads, batched layout (the textbook form, for contrast)", lambda r: "batched" in r["variant"]),
+        ("onnxruntime: classifier heads, default folded layout", "onnxruntime", folded_heads),
+        ("onnxruntime: whole models, default folded layout", "onnxruntime", lambda r: not r["model"].endswith("head")),
+        ("onnxruntime: heads, batched layout (the textbook form)", "onnxruntime", lambda r: "batched" in r["variant"]),
+        ("OpenVINO (f32): classifier heads, default folded layout", "openvino", folded_heads),
+        ("OpenVINO (f32): heads, batched layout", "openvino", lambda r: "batched" in r["variant"]),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
-    for ax, (title, keep) in zip(axes.flat, panels):
-        _ratio_panel(ax, [r for r in ort_rows if keep(r)], title, window="batched" not in title)
-    _dense_panel(axes.flat[3], dense)
-    fig.suptitle(f"fxconv: converted / original latency in onnxruntime (CPU, {threads} threads); "
+    fig, axes = plt.subplots(2, 3, figsize=(18, 8), constrained_layout=True)
+    for ax, (title, runtime, keep) in zip(axes.flat, panels):
+        chosen = [r for r in rows if r["runtime"] == runtime and keep(r)]
+        _ratio_panel(ax, chosen, title, window="batched" not in title)
+    _dense_panel(axes.flat[5], dense)
+    fig.suptitle(f"fxconv: converted / original latency on the CPU ({threads} threads); "
                  "median of interleaved rounds, bars = min-max")  # fmt: skip
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
@@ -346,7 +354,7 @@ def main(argv=None) -> int:
             plan[name] = batches + ((128,) if args.full else ())
         else:
             plan[name] = batches if args.full else batches[:2]
-    progress = Progress(sum(2 * len(b) for b in plan.values()) + len(dense_models))
+    progress = Progress(sum((1 + len(FILE_RUNTIMES)) * len(b) for b in plan.values()) + len(dense_models))
     rows, dense = [], []
     with tempfile.TemporaryDirectory() as folder:
         for name, (factory, shape) in zoo.items():

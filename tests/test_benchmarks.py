@@ -23,7 +23,7 @@ def test_the_benchmark_runs_in_tiny_mode(tmp_path):
     document = json.loads((tmp_path / "bench.json").read_text())
     rows = document["rows"]
     assert {(r["runtime"], r["variant"]) for r in rows} == {
-        (runtime, variant) for runtime in ("onnxruntime", "pytorch") for variant in ("kernel", "1x1", "kernel batched")
+        (runtime, variant) for runtime in ("onnxruntime", "openvino", "pytorch") for variant in ("kernel", "1x1", "kernel batched")
     }
     for row in rows:
         assert 0 < row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
