@@ -5,7 +5,8 @@ converter, which has no down-adapter for many ops (Relu 14 → 13 fails) and the
 Between opset 13 and 18 most ops that changed only gained types or attributes the exporter does not
 set; those keep their meaning when the opset is lowered. The few that changed form are rewritten
 (the axes of ReduceMean/Max/Min moved from an attribute to an input in 18, Split's sizes likewise,
-Reshape gained ``allowzero`` in 14, HardSwish arrived in 14 as ``x · HardSigmoid(x, 1/6, 1/2)``).
+Reshape gained ``allowzero`` in 14, Shape its ``start``/``end`` in 15 (a Slice before), HardSwish
+arrived in 14 as ``x · HardSigmoid(x, 1/6, 1/2)``).
 An op with no form at the target opset (LayerNormalization before 17) is an error that names it and
 the opsets that are possible.
 
@@ -25,10 +26,9 @@ from .errors import OnnxError
 # (checked in _same_meaning): lowering the opset leaves their meaning as it is.
 _SAME_MEANING = {
     "Relu", "Add", "Sub", "Mul", "Div", "Pow", "Identity", "Where", "LeakyRelu", "PRelu", "CumSum",
-    "GreaterOrEqual", "LessOrEqual", "BatchNormalization", "Shape", "Pad", "ScatterND", "ScatterElements",
+    "GreaterOrEqual", "LessOrEqual", "BatchNormalization", "Pad", "ScatterND", "ScatterElements",
 }
-_NEW_ATTRIBUTES = {"BatchNormalization": "training_mode", "Shape": "start", "ScatterND": "reduction",
-                   "ScatterElements": "reduction"}
+_NEW_ATTRIBUTES = {"BatchNormalization": "training_mode", "ScatterND": "reduction", "ScatterElements": "reduction"}
 _AXES_AS_INPUT = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                   "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}  # since opset 18
 
@@ -50,6 +50,9 @@ def lower_opset(model: ir.Model, opset: int) -> None:
         if node.op_type == "Split" and opset < 18 and _split_sizes(model.graph, node):
             continue
         if node.op_type == "Reshape" and _drop_allowzero(node):
+            continue
+        if node.op_type == "Shape" and opset < 15:
+            _shape_then_slice(model.graph, node)
             continue
         if node.op_type == "HardSwish" and opset < 14:
             _hard_sigmoid_times_x(model.graph, node)
@@ -127,3 +130,18 @@ def _hard_sigmoid_times_x(graph: ir.Graph, node: ir.Node) -> None:
     gate = ir.node("HardSigmoid", [x], attributes={"alpha": 1 / 6, "beta": 0.5}, name=f"{node.name}_gate")
     product = ir.node("Mul", [x, gate.outputs[0]], name=node.name)
     ir.convenience.replace_nodes_and_values(graph, node, [node], [gate, product], node.outputs, product.outputs)
+
+
+def _shape_then_slice(graph: ir.Graph, node: ir.Node) -> None:
+    """Shape(x, start, end) (15) = Slice(Shape(x), [start], [end]) (13); a plain Shape is the same in both."""
+    start, end = node.attributes.pop("start", None), node.attributes.pop("end", None)
+    if start is None and end is None:
+        return
+    bounds = []
+    for name, attr, default in (("starts", start, 0), ("ends", end, 2**62)):
+        value = ir.Value(name=f"{node.name}_{name}", const_value=ir.tensor([attr.value if attr else default], dtype=ir.DataType.INT64))
+        graph.register_initializer(value)
+        bounds.append(value)
+    shape = ir.node("Shape", [node.inputs[0]], name=f"{node.name}_whole")
+    part = ir.node("Slice", [shape.outputs[0], *bounds], name=node.name)
+    ir.convenience.replace_nodes_and_values(graph, node, [node], [shape, part], node.outputs, part.outputs)

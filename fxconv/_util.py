@@ -52,7 +52,7 @@ def first_line(e: BaseException) -> str:
 def versions() -> dict[str, str]:
     """The Python, machine and library versions that a report's figures depend on."""
     found = {"python": platform.python_version(), "machine": platform.platform()}
-    for name in ("fxconv", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript"):
+    for name in ("fxconv", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "openvino"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
     return found

@@ -7,8 +7,9 @@ Uses ``torch.onnx.export`` (the torch.export-based exporter, which needs onnxscr
   ``batch=1`` is Conv/activation/.../Reshape only, its first Conv at stride 1;
 * names the inputs and outputs the same for every model (``input``/``output``, or ``input_0``, ...),
   so the original and the converted file of one model are interchangeable in a deployment config;
-* converts to the requested opset (the exporter writes 18+; 13-17 are reached with onnxscript's
-  version converter once the constant re-layouts are folded, which is what defeats the exporter's own);
+* writes the requested opset: the exporter writes 18 and later, and ``_opset`` lowers its file to 13-17
+  (ONNX's version converter, which the exporter falls back to, lacks most down-adapters and then keeps
+  18 without a word);
 * writes the file atomically: beside its path under a temporary name, renamed over it when complete,
   so a failure leaves neither a partial file nor a clobbered one.
 """

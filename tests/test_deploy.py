@@ -116,6 +116,29 @@ def test_an_opset_that_cannot_express_the_model_names_the_op_and_the_opsets_that
     assert fxconv.check_onnx(fxconv.export_onnx(module, x, tmp_path / "m.onnx", opset=17), model, x).passed
 
 
+class ShapeArithmetic(nn.Module):
+    """Sizes read at run time (free height and width): the exporter writes Shape(start, end) of opset 15."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        n, c, h, w = y.shape
+        return y.reshape(n, c, h * w).transpose(1, 2).reshape(n, h, w, c).sum(-1)
+
+
+def test_shape_slices_are_lowered_and_computed_reshapes_name_their_opset(tmp_path):
+    model, x = ShapeArithmetic().eval(), torch.randn(2, 3, 8, 8)
+    path = fxconv.export_onnx(model, x, tmp_path / "m.onnx", opset=14, dynamic_spatial=True)
+    check = fxconv.check_onnx(path, model, x)
+    assert check.passed and check.ops["Slice"] == check.ops["Shape"] == 3
+    # Reshape before 14 reads a 0 in a computed shape as "copy this dim": not provably the same
+    with pytest.raises(fxconv.OnnxError, match=r"opset 13 cannot express this model: it uses Reshape .*14 and later"):
+        fxconv.export_onnx(model, x, tmp_path / "n.onnx", opset=13, dynamic_spatial=True)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"opset": 12}, "opset 12 is not one fxconv writes: choose 13 to"),
     ({"opset": 99}, "opset 99"),
