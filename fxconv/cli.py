@@ -22,8 +22,10 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fxconv`` console script."""
     args = _parser().parse_args(argv)
     try:
-        return _convert(args) if args.command == "convert" else _inspect(args)
+        with _Interrupts():
+            return _convert(args) if args.command == "convert" else _inspect(args)
     except KeyboardInterrupt:  # the staging folders are context managers: nothing is left behind
         print("fxconv: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -163,6 +166,7 @@ def _convert(args: argparse.Namespace) -> int:
                 check = check_onnx(staged, reference, example, runtime=args.runtime)
             print(check)
         written = check is None or check.passed
+        _Interrupts.raise_if_seen()
         if written:
             _check_writable(args.output, args.force)  # again: the file may have appeared meanwhile
             os.replace(staged, args.output)
@@ -215,8 +219,51 @@ def _step(what: str, timings: dict[str, float], key: str):
     print(f"... {what}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     yield
+    _Interrupts.raise_if_seen()
     timings[key] = time.perf_counter() - start
     print(f"    done in {timings[key]:.1f} s", file=sys.stderr, flush=True)
+
+
+class _Interrupts:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered, so that nothing can let the run
+    go on: every step ends by raising it again, and nothing is written after an interrupt.
+
+    Three ways it could otherwise be lost: a library that catches the exception mid-step; a signal that
+    lands in a ``__del__`` or a callback, where Python prints "Exception ignored in ..." with a traceback
+    and goes on (those reports are dropped here: the run stops anyway); and a parent process that ignores
+    SIGINT (pytest-xdist workers, nohup), whose children inherit SIG_IGN and would never see Ctrl-C.
+    """
+
+    seen = False
+
+    def __enter__(self):
+        type(self).seen = False
+        self.previous = signal.signal(signal.SIGINT, self._handle) if _main_thread() else None
+        self.previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        sys.unraisablehook = self.previous_hook
+
+    def _unraisable(self, report) -> None:
+        if not isinstance(report.exc_value, KeyboardInterrupt):
+            self.previous_hook(report)
+
+    @classmethod
+    def _handle(cls, signum, frame):
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def raise_if_seen(cls) -> None:
+        if cls.seen:
+            raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()  # signals can only be set there
 
 
 def _census_table(ops: dict[str, int], report: Report, weight_products: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -300,16 +301,68 @@ def test_nothing_converted_is_said_and_strict_writes_nothing(workdir):
 
 
 @pytest.mark.slow
-def test_ctrl_c_while_exporting_exits_130_in_one_line_and_leaves_nothing(workdir):
+@pytest.mark.parametrize("step", ["tracing", "exporting", "checking"])
+def test_ctrl_c_in_any_step_exits_130_in_one_line_and_leaves_nothing(workdir, step):
     process = subprocess.Popen(
         [sys.executable, "-m", "fxconv", "convert", "torchvision:vgg11", "--input-shape", "1,3,64,64", "-o", "v.onnx"],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     for line in process.stderr:
-        if line.startswith("... exporting"):
+        if line.startswith(f"... {step}"):
             break
     process.send_signal(signal.SIGINT)
     _, rest = process.communicate(timeout=300)
-    assert process.returncode == 130
-    assert rest.strip().splitlines()[-1] == "fxconv: interrupted; nothing was written" and "Traceback" not in rest
+    assert process.returncode == 130, rest
+    assert rest.strip().splitlines()[-1] == "fxconv: interrupted; nothing was written" and "Traceback" not in rest, rest
     assert sorted(p.name for p in workdir.iterdir()) == ["nets.py"]  # no file, no staging folder
+
+
+def test_an_interrupt_a_library_swallows_still_stops_the_run(workdir, monkeypatch, capsys):
+    """Ctrl-C mid-export inside code that catches KeyboardInterrupt: the run still ends with 130, no file."""
+    import fxconv.export
+    from fxconv import cli
+
+    real = fxconv.export.export_onnx
+
+    def swallowing_export(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what a careless library does
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fxconv.export, "export_onnx", swallowing_export)
+    monkeypatch.chdir(workdir)
+    code = cli.main(["convert", "nets:make", "--input-shape", TINY, "-o", "m.onnx"])
+    assert code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "fxconv: interrupted; nothing was written"
+    assert sorted(p.name for p in workdir.iterdir()) == ["nets.py"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+
+
+INTERRUPTED_FINALIZER = """
+import os, signal, sys
+import fxconv.export
+from fxconv import cli
+
+class Finalizer:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))  # the handler runs here, inside __del__: Python would print "Exception ignored"
+
+real = fxconv.export.export_onnx
+
+def export_after_a_finalizer(*args, **kwargs):
+    Finalizer()  # collected at once
+    return real(*args, **kwargs)
+
+fxconv.export.export_onnx = export_after_a_finalizer
+sys.exit(cli.main(["convert", "nets:make", "--input-shape", "1,3,16,16", "-o", "m.onnx"]))
+"""
+
+
+def test_an_interrupt_inside_a_finalizer_stops_the_run_in_one_line(workdir):
+    """In a subprocess: pytest would catch the "Exception ignored" report itself."""
+    result = subprocess.run([sys.executable, "-c", INTERRUPTED_FINALIZER], cwd=workdir, capture_output=True, text=True)
+    assert result.returncode == 130 and "Exception ignored" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "fxconv: interrupted; nothing was written"
+    assert sorted(p.name for p in workdir.iterdir()) == ["nets.py"]

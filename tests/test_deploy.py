@@ -11,9 +11,10 @@ from torch import nn
 import fxconv
 from models import Head, TwoHeads
 
-# Classifiers whose heads differ: plain MLP (alexnet, vgg11), pooled (resnet18, densenet121),
-# hardswish MLP (mobilenet_v3_small), dropout + linear (efficientnet_b0), squeezenet (no Linear).
-STATIC = ["alexnet", "vgg11", "resnet18", "mobilenet_v3_small", "efficientnet_b0", "densenet121"]
+# Classifiers whose heads differ: a three-Linear MLP behind an adaptive pool (alexnet), a global pool
+# and one Linear (resnet18), a Hardswish MLP (mobilenet_v3_small), Dropout + Linear (efficientnet_b0).
+# (vgg11 and densenet121 have the heads of alexnet and resnet18, at 4-10x the export time.)
+STATIC = ["alexnet", "resnet18", "mobilenet_v3_small", "efficientnet_b0"]
 HEAD_OPS = {"Conv", "Relu", "HardSwish", "Reshape", "Flatten", "Identity"}  # what a converted head may run
 
 
@@ -90,7 +91,7 @@ def test_the_default_batch_stays_dynamic_and_keeps_the_folded_layout(tmp_path):
     assert facts["constant_only"] == []
 
 
-@pytest.mark.parametrize("opset", [13, 15, 17, 18, 19, 20])
+@pytest.mark.parametrize("opset", [13, 14, 17, 20])
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])  # ReduceMean; HardSwish (opset 14)
 def test_opsets_13_to_20_write_and_check(name, opset, tmp_path):
     torch.manual_seed(0)
