@@ -155,5 +155,5 @@ def _parse_call(expression: str, spec: str) -> tuple[list[str], list, dict]:
 
 def model_dtype(model: nn.Module | ExportedProgram) -> torch.dtype:
     """The dtype the model computes in: that of its first floating-point parameter or buffer."""
-    tensors = model.state_dict().values() if isinstance(model, torch.nn.Module) else model.state_dict.values()
+    tensors = model.state_dict().values() if isinstance(model, nn.Module) else model.state_dict.values()
     return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)

@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
+from ._tidy import constant_array
 from .errors import OnnxError
 
 # Ops whose versions between 13 and 18 only added input types, or attributes that are absent here
@@ -45,7 +46,7 @@ def lower_opset(model: ir.Model, opset: int) -> None:
             then = None
         if then == now or (then is not None and _same_meaning(node)):
             continue
-        if node.op_type in _AXES_AS_INPUT and opset < 18 and _axes_to_attribute(node, "axes"):
+        if node.op_type in _AXES_AS_INPUT and opset < 18 and _axes_to_attribute(node):
             continue
         if node.op_type == "Split" and opset < 18 and _split_sizes(model.graph, node):
             continue
@@ -78,19 +79,15 @@ def _same_meaning(node: ir.Node) -> bool:
     return not (node.op_type == "BatchNormalization" and len(node.outputs) > 1)
 
 
-def _constant(value: ir.Value | None):
-    return value.const_value.numpy() if value is not None and value.const_value is not None else None
-
-
-def _axes_to_attribute(node: ir.Node, name: str) -> bool:
+def _axes_to_attribute(node: ir.Node) -> bool:
     """Move a constant axes input (input 1) into the attribute it was before opset 18."""
     noop = node.attributes.pop("noop_with_empty_axes", None)  # 18's: what an empty axes input means
     if len(node.inputs) < 2 or node.inputs[1] is None:
         return noop is None or noop.value == 0  # no axes: every axis, as before 18
-    axes = _constant(node.inputs[1])
+    axes = constant_array(node.inputs[1])
     if axes is None or axes.size == 0:
         return False
-    node.attributes[name] = ir.AttrInt64s(name, [int(a) for a in axes])
+    node.attributes["axes"] = ir.AttrInt64s("axes", [int(a) for a in axes])
     node.resize_inputs(1)
     return True
 
@@ -117,7 +114,7 @@ def _split_sizes(graph: ir.Graph, node: ir.Node) -> bool:
 
 def _drop_allowzero(node: ir.Node) -> bool:
     """Reshape before 14 has no ``allowzero``: fine when the target shape holds no 0."""
-    shape = _constant(node.inputs[1])
+    shape = constant_array(node.inputs[1])
     if shape is None or 0 in shape:
         return False
     node.attributes.pop("allowzero", None)

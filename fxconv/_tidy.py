@@ -100,6 +100,11 @@ def _equal(a: ir.Value, b: ir.Value) -> bool:
     return x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y)
 
 
+def constant_array(value: ir.Value | None):
+    """A constant value's numbers (a numpy array), or None if it is computed at run time."""
+    return value.const_value.numpy() if value is not None and value.const_value is not None else None
+
+
 def _static(value: ir.Value | None) -> tuple[int, ...] | None:
     shape = value.shape if value is not None else None
     return tuple(shape) if shape is not None and shape.is_static() else None
@@ -126,8 +131,7 @@ def _as_reshape(graph: ir.Graph, node: ir.Node) -> None:
 
 def _collapse_reshape(node: ir.Node) -> None:
     """Read a Reshape's data past an earlier Reshape; make a Reshape to the same shape a pass-through."""
-    data, target = node.inputs[0], node.inputs[1]
-    shape = target.const_value.numpy() if target is not None and target.const_value is not None else None
+    data, shape = node.inputs[0], constant_array(node.inputs[1])
     copies_dims = shape is None or (0 in shape and not node.attributes.get_int("allowzero", 0))
     producer = data.producer()
     if producer is not None and producer.op_type == "Reshape" and not copies_dims:

@@ -186,7 +186,8 @@ def check_onnx(
     if isinstance(reference, ExportedProgram):
         reference = reference.module()
     model = load_onnx(path)
-    refusal = runtime_refusal(_file_dtypes(model), runtime) if "Conv" in op_census(model) else None
+    ops = op_census(model)
+    refusal = runtime_refusal(_file_dtypes(model), runtime) if "Conv" in ops else None
     if refusal:
         raise OnnxError(f"{path}: {refusal}")
     session = open_session(path, runtime)
@@ -213,7 +214,7 @@ def check_onnx(
             max_rel = max(max_rel, diff / scale if scale else diff)
             passed &= diff <= atol + rtol * scale
     outputs = [tuple(g.shape) for g in got]
-    return OnnxCheck(passed, max_abs, max_rel, op_census(model), tuple(sizes), rtol, atol, outputs, runtime)
+    return OnnxCheck(passed, max_abs, max_rel, ops, tuple(sizes), rtol, atol, outputs, runtime)
 
 
 def _check_interface(session: Session, example: tuple[torch.Tensor, ...], path) -> None:
