@@ -26,13 +26,13 @@ from torch import fx, nn
 from torch.export import ExportedProgram
 
 from ._dense import DenseRewriter
-from ._rewrite import HeadRewriter
+from ._rewrite import Rewriter
 from ._util import as_tuple
 from .capture import export_again
 from .capture import capture as capture_graph  # the name ``capture`` is convert's keyword
 from .errors import InvalidArgumentError, NotConvertibleError
-from .options import CAPTURES, LAYOUTS, METHODS
-from .report import Report
+from .options import CAPTURES, LAYOUTS, METHODS, SCOPES
+from .report import Report, Skipped
 
 __all__ = ["ConvertResult", "convert"]
 
@@ -50,6 +50,7 @@ def convert(
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
     method: str = "kernel",
     *,
+    scope: str = "heads",
     layout: str | None = None,
     dense: bool = False,
     approximate: bool = False,
@@ -85,6 +86,8 @@ def convert(
     (squeeze-and-excitation blocks): each window then sees the whole image through them, and
     ``report.approximate`` lists them.
     """
+    if scope not in SCOPES:
+        raise InvalidArgumentError(f"unknown scope {scope!r}: choose one of {', '.join(SCOPES)}")
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
     if dense and method != "kernel":
@@ -99,11 +102,15 @@ def convert(
         raise InvalidArgumentError("approximate=True is a dense-mode option: pass dense=True too")
     inputs = as_tuple(example_inputs)
     captured = capture_graph(model, inputs, capture, inplace=inplace)
-    report = Report(method=method, layout=layout, dense=dense, capture=captured.how, capture_note=captured.note)
+    report = Report(method=method, scope=scope, layout=layout, dense=dense, capture=captured.how, capture_note=captured.note)
+    report.skipped += [
+        Skipped(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
+        for name, where in captured.hidden
+    ]
     if dense:
-        DenseRewriter(captured.gm, method, layout, report, inputs=inputs, approximate=approximate).run()
+        DenseRewriter(captured.gm, method, layout, report, scope, inputs=inputs, approximate=approximate).run()
     else:
-        HeadRewriter(captured.gm, method, layout, report).run()
+        Rewriter(captured.gm, method, layout, report, scope).run()
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     if captured.program is not None:

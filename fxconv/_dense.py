@@ -44,7 +44,7 @@ from torch import fx
 from torch.fx import Node
 
 from . import _patterns as P
-from ._rewrite import HeadRewriter, shape_of
+from ._rewrite import Rewriter, shape_of
 from ._util import eval_mode
 from .capture import node_place
 from .errors import NotConvertibleError
@@ -54,15 +54,16 @@ _AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
-class DenseRewriter(HeadRewriter):
+class DenseRewriter(Rewriter):
     """The head rewrite, then: freeze the pooling in front of each head and drop its final flatten."""
 
-    def __init__(self, gm, method, layout, report, *, inputs: tuple[torch.Tensor, ...], approximate: bool = False):
-        super().__init__(gm, method, layout, report)
+    def __init__(self, gm, method, layout, report, scope="heads", *, inputs: tuple[torch.Tensor, ...],
+                 approximate: bool = False):
+        super().__init__(gm, method, layout, report, scope)
         self.inputs, self.approximate = inputs, approximate
 
     def run(self) -> None:
-        self.rewrite_heads()
+        self.rewrite()
         # A Linear acting at each position of a map (a transformer block's MLP) slides along as it is.
         obstacles = [s for s in self.report.skipped if s.code != "not-2d"]
         if obstacles:

@@ -274,21 +274,48 @@ def squeezes_every_dim(node: Node) -> bool:
     return op_name(node) == "squeeze" and arg(node, 1, "dim") is None
 
 
-def swaps_2d(node: Node) -> bool:
-    """Whether ``node`` transposes a matrix: ``w.t()``, ``w.T``, ``w.transpose(0, 1)``, ``w.permute(1, 0)``."""
+def permutation(node: Node, rank: int) -> tuple[int, ...] | None:
+    """The dims order a transpose-like node gives a tensor of ``rank`` dims (``x.permute(0, 2, 1)`` → (0, 2, 1)).
+
+    ``.t()``, ``.T``, ``transpose(a, b)``, ``swapaxes``, ``permute(...)``, ``.mT`` and their ATen forms; None
+    for anything else.
+    """
     if not has_role(node, "transpose"):
-        return False
-    name = op_name(node)
+        return None
+    name, order = op_name(node), list(range(rank))
     if name == "getattr":  # ``w.T`` / ``w.mT`` as symbolic_trace records it
-        return arg(node, 1, "name") in ("T", "mT")
-    if name in ("t", "numpy_T", "mT"):
-        return True
+        name = {"T": "numpy_T", "mT": "mT"}.get(arg(node, 1, "name"))
+    if name in ("t", "numpy_T"):
+        return tuple(reversed(order))
+    if name == "mT" and rank >= 2:
+        order[-2:] = order[-1], order[-2]
+        return tuple(order)
     if name == "permute":
         dims = arg(node, 1, "dims")
         dims = node.args[1:] if isinstance(dims, int) else dims  # x.permute(1, 0)
-        return isinstance(dims, (tuple, list)) and [d % 2 for d in dims] == [1, 0]
+        if isinstance(dims, (tuple, list)) and len(dims) == rank and all(isinstance(d, int) for d in dims):
+            return tuple(d % rank for d in dims)
+        return None
     a, b = arg(node, 1, "dim0"), arg(node, 2, "dim1")
-    return isinstance(a, int) and isinstance(b, int) and a % 2 != b % 2
+    if name in ("transpose", "swapaxes", "swapdims") and isinstance(a, int) and isinstance(b, int) and rank:
+        order[a % rank], order[b % rank] = order[b % rank], order[a % rank]
+        return tuple(order)
+    return None
+
+
+def swaps_2d(node: Node) -> bool:
+    """Whether ``node`` transposes a matrix: ``w.t()``, ``w.T``, ``w.transpose(0, 1)``, ``w.permute(1, 0)``."""
+    return permutation(node, 2) == (1, 0)
+
+
+def layer_norm_parts(node: Node, modules: dict[str, nn.Module]) -> tuple[object, object, float]:
+    """``(weight, bias, eps)`` of a LayerNorm call: nodes, parameter names (of a module) or None."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        weight = f"{node.target}.weight" if module.weight is not None else None
+        bias = f"{node.target}.bias" if getattr(module, "bias", None) is not None else None
+        return weight, bias, module.eps
+    return arg(node, 2, "weight"), arg(node, 3, "bias"), arg(node, 4, "eps", 1e-5)
 
 
 def is_conv(node: Node, modules: dict[str, nn.Module]) -> bool:

@@ -50,6 +50,7 @@ from torch import fx, nn
 from torch.fx import Node
 
 from . import _patterns as P
+from ._layouts import PositionLayout, layer_norm_over_channels, layout_for
 from .report import Converted, Report, Skipped
 
 log = logging.getLogger("fxconv")
@@ -181,44 +182,63 @@ def describe(node: Node, modules: dict[str, nn.Module]) -> str:
     return f"{node.name!r} ({node.op})"
 
 
-class HeadRewriter:
+class Rewriter:
     """Rewrites the Linear calls of one GraphModule, recording what it did in a Report."""
 
-    def __init__(self, gm: fx.GraphModule, method: str, layout: str, report: Report):
+    def __init__(self, gm: fx.GraphModule, method: str, layout: str, report: Report, scope: str = "heads"):
         self.gm, self.graph, self.method, self.report = gm, gm.graph, method, report
         self.folded = layout == "folded"
+        self.every_linear = scope == "all"
         self.modules = dict(gm.named_modules())
         self.constants = _constants(self.graph)
         self.seen: dict[str, int] = {}  # how many calls of each name were met: repeated calls are numbered
         self.flats: dict[Node, _Flat] = {}  # every node known to be a flatten of a map
         self.maps: list[Node] = []  # the feature maps that heads read (their first convolution's input)
         self.heads: list[tuple[Node, str]] = []  # each head's first convolution, with its Linear's name
+        self.forms: dict[Node, Node] = {}  # scope "all": a value -> the same value in its conv layout
+        self.replaced: set[Node] = set()  # nodes erased while the graph is walked
 
     def run(self) -> None:
-        """Rewrite the heads, then tidy the graph."""
-        self.rewrite_heads()
+        """Rewrite the Linear calls, then tidy the graph."""
+        self.rewrite()
         self.finish()
 
     def finish(self) -> None:
         """Drop what the rewrite left unused (flattens, ``x.size(0)`` of a view, ...) and recompile."""
-        if self.report.converted:
+        if self.report.converted or self.forms:
             self.graph.eliminate_dead_code()
             self.graph.lint()
             self.gm.recompile()
 
-    def rewrite_heads(self) -> None:
-        """Visit the Linear calls in graph order; convert each one that can be, report the others."""
+    def rewrite(self) -> None:
+        """Visit the nodes in graph order: convert each Linear call that can be, report the others.
+
+        A head (a Linear fed by a flattened map) becomes a convolution over that map. With scope "all",
+        any other Linear becomes a 1x1 convolution in its value's conv layout (``_layouts``), and
+        element-wise ops and LayerNorms whose input is already in a conv layout move into it.
+        """
         for node in list(self.graph.nodes):
+            if node in self.replaced:
+                continue
             call = self.linear_call(node)
             if call is None:
+                if self.every_linear:
+                    self._propagate(node)
                 continue
             name = self._name(call)
-            found = Skipped(name, *call.refusal) if call.refusal else self._trace_back(call, name)
+            if call.refusal:
+                found = Skipped(name, *call.refusal)
+            elif self.every_linear and call.input in self.forms:
+                found = self._convert_positions(call, name)
+            else:
+                found = self._trace_back(call, name)
+                if isinstance(found, Skipped) and self.every_linear:
+                    found = self._convert_positions(call, name)
             if isinstance(found, Skipped):
                 self.report.skipped.append(found)
                 log.debug("fxconv: left %s alone: %s", found.name, found.reason)
-                continue
-            self._convert(call, name, found)
+            elif isinstance(found, _Path):
+                self._convert(call, name, found)
 
     def _name(self, call: LinearCall) -> str:
         """The call's label; the second and later calls of one Linear are numbered."""
@@ -295,7 +315,8 @@ class HeadRewriter:
             return Skipped(
                 name, "not-2d",
                 f"its input has shape {shape}: a Linear on a {len(shape)}-D tensor acts at each position "
-                "along the last dim, it does not read a flattened feature map",
+                "along the last dim, it does not read a flattened feature map (scope='all' converts it "
+                "as a 1x1 convolution)",
             )  # fmt: skip
         chain: list[Node] = []
         node = start
@@ -310,7 +331,8 @@ class HeadRewriter:
                 return Skipped(
                     name, "not-flattened",
                     f"its input comes from {describe(node, self.modules)}, which is neither a flatten of "
-                    "a feature map nor an op that commutes with one",
+                    "a feature map nor an op that commutes with one (scope='all' converts it as a 1x1 "
+                    "convolution)",
                 )  # fmt: skip
             chain.append(node)
             node = previous
@@ -328,7 +350,8 @@ class HeadRewriter:
             dims = dims if isinstance(dims, (tuple, list)) else [dims]
             if keepdim or not all(isinstance(d, int) for d in dims):
                 return False
-            return {d % len(inp) for d in dims} == set(range(2, len(inp))) and out == inp[:2]
+            spatial = {d % len(inp) for d in dims} == set(range(2, len(inp))) and out == inp[:2]
+            return spatial or self._pools_positions(node) is not None
         if not P.is_reshape(node, self.modules):
             return False
         if out[0] != inp[0]:
@@ -344,6 +367,16 @@ class HeadRewriter:
                 f"there is no conv{len(map_shape) - 2}d",
             )  # fmt: skip
         return True
+
+    def _pools_positions(self, node: Node) -> PositionLayout | None:
+        """For a reduction over every position of a (N, *P, C) value (``x.mean(1)`` of tokens), its layout."""
+        reduction, inp = P.reduction_args(node), shape_of(P.first_input(node))
+        if reduction is None or inp is None or len(inp) < 3 or reduction[1]:
+            return None
+        dims = reduction[0] if isinstance(reduction[0], (tuple, list)) else [reduction[0]]
+        if not all(isinstance(d, int) for d in dims) or {d % len(inp) for d in dims} != set(range(1, len(inp) - 1)):
+            return None
+        return layout_for(len(inp), self.folded) if shape_of(node) == (inp[0], inp[-1]) else None
 
     def _map_of(self, source: Node) -> Node:
         """The feature map a source node flattens, looking past reshapes that keep the batch dim.
@@ -417,6 +450,9 @@ class HeadRewriter:
         """(C, *S) of the map a source node flattens (for a reduction, the map it keeps: (C, 1, ...))."""
         if source in self.flats:
             return self.flats[source].features
+        positions = self._pools_positions(source)
+        if positions is not None:  # (N, C) is the flatten of (N, C, 1, ...)
+            return (shape_of(source)[1], *(1,) * positions.spatial)
         features = shape_of(self._map_of(source))[1:]
         if P.reduction_args(source) is not None:
             return features[:1] + (1,) * (len(features) - 1)
@@ -433,21 +469,111 @@ class HeadRewriter:
         linear = call.node
         out_features = shape_of(linear)[1]
         with self.graph.inserting_before(linear):
-            w = self._get_attr(call.weight) if isinstance(call.weight, str) else call.weight
-            if call.transposed:
-                w = self.graph.call_method("t", (w,))
-            w = self.graph.call_method("unflatten", (w, 1, flat.features))
-            b = self._get_attr(call.bias) if isinstance(call.bias, str) else call.bias
-            if len(shape_of(b) or (0,)) != 1:  # a (1, out) bias added after a matmul
-                b = self.graph.call_method("reshape", (b, (-1,)))
             # Folded, the batch items sit side by side along the last axis: the kernel steps over them.
             stride = spatial if flat.folded else 1
-            conv = self.graph.call_function(CONVS[len(spatial)], (flat.map, w, b, stride))
+            conv = self._conv(call, flat.map, flat.features, stride)
         if flat.map in self.maps:
             self.heads.append((conv, name))
-        self.report.converted.append(Converted(name, self.method, flat.origin, spatial, conv.name))
+        self.report.converted.append(Converted(name, self.method, flat.origin, spatial, conv.name, self.report.layout))
         log.debug("fxconv: %s -> %s, kernel %s", name, conv.name, spatial)
         self._flatten(conv, (out_features, *(1,) * len(spatial)), linear, folded=flat.folded, squeezed=flat.squeezed)
+
+    def _conv(self, call: LinearCall, map_: Node, features: tuple[int, ...], stride=1) -> Node:
+        """The convolution of ``map_`` with the Linear's weight viewed as (out, *features) and its bias."""
+        w = self._get_attr(call.weight) if isinstance(call.weight, str) else call.weight
+        if call.transposed:
+            w = self.graph.call_method("t", (w,))
+        w = self.graph.call_method("unflatten", (w, 1, features))
+        b = self._get_attr(call.bias) if isinstance(call.bias, str) else call.bias
+        if len(shape_of(b) or (0,)) != 1:  # a (1, out) bias added after a matmul
+            b = self.graph.call_method("reshape", (b, (-1,)))
+        return self.graph.call_function(CONVS[len(features) - 1], (map_, w, b, stride))
+
+    # -- scope "all": Linears at every position, and the ops between them ---------------------------
+
+    def _convert_positions(self, call: LinearCall, name: str) -> Skipped | None:
+        """Rewrite a Linear acting at each position of (N, *P, C) as ``leave(conv1x1(enter(x)))``."""
+        shape = shape_of(call.input)
+        if shape is None or shape_of(call.node) is None:
+            return Skipped(name, "no-shape", "no shape was recorded for its input or output")
+        layout = layout_for(len(shape), self.folded)
+        if layout is None:
+            return Skipped(
+                name, "rank",
+                f"its input has shape {shape}: a 1x1 convolution takes (N, C) up to (N, D, H, W, C) values",
+            )  # fmt: skip
+        with self.graph.inserting_before(call.node):
+            form = self._form(call.input, layout)
+            conv = self._conv(call, form, (shape[-1], *(1,) * layout.spatial))
+        self._leave(call.node, conv, layout)
+        self.report.converted.append(Converted(name, "1x1", (), (1,) * layout.spatial, conv.name, layout.shape))
+        log.debug("fxconv: %s -> %s, %s", name, conv.name, layout.shape)
+        return None
+
+    def _form(self, value: Node, layout: PositionLayout) -> Node:
+        """``value`` in ``layout`` (of its rank or broadcasting against it): its recorded form, or entered."""
+        rank = len(shape_of(value) or ()) if isinstance(value, Node) else 0
+        if value in self.forms and rank == layout.rank:
+            return self.forms[value]
+        return layout.enter(self.graph, value, rank)
+
+    def _leave(self, node: Node, form: Node, layout: PositionLayout) -> None:
+        """Replace ``node`` by ``leave(form)``, recorded as having that form."""
+        with self.graph.inserting_before(node):
+            left = layout.leave(self.graph, form)
+        self._replace(node, left)
+        self.forms[left] = form
+
+    def _replace(self, node: Node, value: Node) -> None:
+        """Erase ``node`` for ``value``, a node computing the same tensor (which keeps its recorded shape)."""
+        value.meta.setdefault("tensor_meta", node.meta.get("tensor_meta"))
+        node.replace_all_uses_with(value)
+        self.graph.erase_node(node)
+        self.replaced.add(node)
+
+    def _propagate(self, node: Node) -> None:
+        """Run ``node`` in its conv layout when one of its inputs already is (scope "all").
+
+        A permute of a value in a conv layout composes with the layout's own (``permute(0, 3, 1, 2)``
+        of a channels-last value that is a conv form is that form); a permute that entering would undo
+        records its input as its form. Element-wise ops and LayerNorms over the last dim move into the
+        layout, their other operands entered (a per-channel scale becomes (1, C, 1, 1)).
+        """
+        shape = shape_of(node)
+        layout = layout_for(len(shape), self.folded) if shape is not None else None
+        if layout is None or node.op not in ("call_function", "call_method", "call_module"):
+            return
+        order = P.permutation(node, layout.rank)
+        source = P.first_input(node)
+        if order is not None and isinstance(source, Node):
+            if source in self.forms and len(shape_of(source)) == layout.rank:
+                with self.graph.inserting_before(node):
+                    self._replace(node, layout.permuted(self.graph, self.forms[source], order))
+            elif layout.cancels(order):
+                with self.graph.inserting_after(node):
+                    self.forms[node] = layout.enter(self.graph, node, layout.rank)
+            return
+        kind = P.op_kind(node, self.modules)
+        if kind is P.Kind.ACROSS_FEATURES:
+            if source not in self.forms or len(shape_of(source)) != layout.rank:
+                return
+            weight, bias, eps = P.layer_norm_parts(node, self.modules)
+            with self.graph.inserting_before(node):
+                weight, bias = (self._get_attr(p) if isinstance(p, str) else p for p in (weight, bias))
+                form = self.graph.call_function(layer_norm_over_channels, (self.forms[source], weight, bias, eps))
+        elif kind is P.Kind.ELEMENTWISE:
+            operands = node.all_input_nodes
+            if not any(a in self.forms and len(shape_of(a) or ()) == layout.rank for a in operands):
+                return
+            if any(shape_of(a) is None or len(shape_of(a)) > layout.rank for a in operands):
+                return
+            with self.graph.inserting_before(node):
+                entered = {a: self._form(a, layout) for a in operands}
+                form = self.graph.node_copy(node, lambda a: entered[a])
+            form.meta.pop("tensor_meta", None)
+        else:
+            return
+        self._leave(node, form, layout)
 
     def _get_attr(self, name: str) -> Node:
         """A get_attr of a Linear's parameter; a parametrized one is a property, which fx warns of needlessly."""
@@ -459,12 +585,19 @@ class HeadRewriter:
         """The flatten a path starts from, with its map built for the method (made once per source)."""
         if source in self.flats:
             return self.flats[source]
-        inp = self._map_of(source)
         features = self._features(source)
         reduction = P.reduction_args(source)
-        if reduction is not None:
-            # mean(x, dims) == flatten(mean(x, dims, keepdim=True)): keep the reduced dims as 1s.
-            dims = list(range(2, len(shape_of(inp))))
+        positions = self._pools_positions(source)
+        inp = self.forms.get(P.first_input(source)) if positions else self._map_of(source)
+        if positions is not None and inp is None:
+            # Pooled over the positions of a value not in a conv layout: a reshape of the (N, C) result.
+            with self.graph.inserting_after(source):
+                pooled = self.graph.call_method("reshape", (source, (-1, *features)))
+            flat = _Flat(source, pooled, features, features)
+        elif reduction is not None:
+            # mean(x, dims) == flatten(mean(x, dims, keepdim=True)): keep the reduced dims as 1s (the
+            # spatial dims of the map, or of the conv form of a value pooled over its positions).
+            dims = list(range(2, 1 + len(features)))
             kwargs = {k: v for k, v in source.kwargs.items() if k not in ("input", "dim", "keepdim")}
             with self.graph.inserting_before(source):
                 kept = self.graph.create_node(source.op, source.target, (inp, dims), {**kwargs, "keepdim": True})
@@ -495,6 +628,7 @@ class HeadRewriter:
         if P.is_reshape(node, self.modules):  # the only reshapes a chain admits leave the tensor as it is
             node.replace_all_uses_with(flat.node)
             self.graph.erase_node(node)
+            self.replaced.add(node)
             return flat
         if node.op == "call_module" and isinstance(self.modules[node.target], nn.BatchNorm1d):
             self.modules[node.target].__class__ = _FeatureBatchNorm
@@ -526,6 +660,7 @@ class HeadRewriter:
                 node = self.graph.call_method("squeeze", (node, 0))
         replaces.replace_all_uses_with(node)
         self.graph.erase_node(replaces)
+        self.replaced.add(replaces)
         flat = _Flat(node, map_, features, origin or features, folded, squeezed)
         self.flats[node] = flat
         return flat

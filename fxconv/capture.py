@@ -27,7 +27,7 @@ import re
 import sysconfig
 import traceback
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -63,6 +63,7 @@ class Captured:
     how: str  # "symbolic_trace", "torch.export", "GraphModule" (given) or "ExportedProgram" (given)
     note: str = ""  # why the first choice was not used, for the report
     program: ExportedProgram | None = None  # the ExportedProgram given, whose result is exported again
+    hidden: list[tuple[str, str]] = field(default_factory=list)  # (Linear, the call that hides it), see hidden_linears
 
 
 def capture(model, inputs: tuple[torch.Tensor, ...], how: str = "auto", *, inplace: bool = False) -> Captured:
@@ -83,19 +84,25 @@ def capture(model, inputs: tuple[torch.Tensor, ...], how: str = "auto", *, inpla
         else:
             return _capture_module(model, inputs, how)
     record_shapes(captured.gm, inputs)
+    captured.hidden = hidden_linears(captured.gm)
     return captured
 
 
 def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str) -> Captured:
-    """symbolic_trace if it gives the model itself (``how`` "auto" or "fx"), else torch.export."""
-    note = ""
+    """symbolic_trace if it gives the model itself and sees every Linear (``how`` "auto" or "fx"), else torch.export."""
+    note, traced = "", None
     if how != "export":
         try:
             gm = _symbolic_trace(model)
             outputs = record_shapes(gm, inputs)
-            if _same(outputs, _run(model, inputs)):
-                return Captured(gm, "symbolic_trace")
-            note = "symbolic_trace's graph gives other outputs than the model (hooks on a traced-through module?)"
+            traced = Captured(gm, "symbolic_trace", hidden=hidden_linears(gm, model))
+            if not _same(outputs, _run(model, inputs)):
+                note = "symbolic_trace's graph gives other outputs than the model (hooks on a traced-through module?)"
+            elif how == "fx" or not traced.hidden:
+                return traced
+            else:  # torch.export traces into what symbolic_trace keeps whole; keep its graph if export fails
+                name, where = traced.hidden[0]
+                note = f"symbolic_trace keeps {len(traced.hidden)} Linears inside calls it does not trace into ({name!r} in {where})"
         except TraceError as e:
             note = str(e)
         if how == "fx":
@@ -103,6 +110,8 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
     try:
         program = _export(model, inputs)
     except Exception as e:
+        if traced is not None and traced.hidden:
+            return traced
         tried = f"{note}; " if note else ""
         raise TraceError(
             f"fxconv cannot capture {type(model).__name__}: {tried}torch.export failed{_where(e, model)}: "
@@ -112,6 +121,35 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
     gm = program.module()
     record_shapes(gm, inputs)
     return Captured(gm, "torch.export", note)
+
+
+def hidden_linears(gm: fx.GraphModule, model: nn.Module | None = None) -> list[tuple[str, str]]:
+    """The Linears a graph cannot show: inside a module call it keeps whole, or a function it does not trace.
+
+    symbolic_trace keeps ``torch.nn`` modules whole (``nn.MultiheadAttention``, whose in- and output
+    projections are Linears) and calls functions marked with ``torch.fx.wrap`` without tracing them
+    (torchvision's ``shifted_window_attention``, which takes the Linears' weights). Returns
+    ``(Linear's name, the call)`` pairs. ``model``: the traced module (the graph keeps only what it calls).
+    """
+    modules = dict((model or gm).named_modules())
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    hidden = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and not isinstance(modules[node.target], nn.Linear):
+            module = modules[node.target]
+            inner = [f"{node.target}.{name}" for name, m in module.named_modules() if name and isinstance(m, nn.Linear)]
+            if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+                inner.insert(0, f"{node.target}.in_proj")
+            hidden += [(name, f"module {node.target!r} ({type(module).__name__})") for name in inner]
+        elif node.op == "call_function" and (getattr(node.target, "__module__", None) or "torch").split(".")[0] not in _TRACED:
+            weights = [a.target for a in node.all_input_nodes if a.op == "get_attr" and a.target.endswith(".weight")]
+            linears = [w.removesuffix(".weight") for w in weights]
+            name = getattr(node.target, "__name__", node.name)
+            hidden += [(lin, f"function {name!r}") for lin in linears if isinstance(modules.get(lin), nn.Linear) and lin not in called]
+    return hidden
+
+
+_TRACED = {"torch", "_operator", "operator", "builtins", "math"}  # functions whose calls show what they compute
 
 
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule:

@@ -96,6 +96,12 @@ class Session:
     run: Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
+def weight_products(model: onnx.ModelProto) -> int:
+    """How many Gemm/MatMul nodes of the graph read an initializer: the Linears still in the file."""
+    initializers = {i.name for i in model.graph.initializer}
+    return sum(n.op_type in ("Gemm", "MatMul") and any(i in initializers for i in n.input) for n in model.graph.node)
+
+
 def open_session(path: str | os.PathLike, runtime: str = "onnxruntime", *, threads: int | None = None) -> Session:
     """Open an ONNX file on the CPU of ``runtime`` ("onnxruntime" or "openvino", computing in f32)."""
     if runtime not in RUNTIMES:

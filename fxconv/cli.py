@@ -124,7 +124,7 @@ def _convert(args: argparse.Namespace) -> int:
     from ._convert import convert
     from ._load import load_model, model_dtype
     from ._util import versions
-    from .check import check_onnx, load_onnx, op_census, runtime_refusal
+    from .check import check_onnx, load_onnx, op_census, runtime_refusal, weight_products
     from .export import OPSETS, export_onnx
 
     if args.opset is not None and args.opset not in OPSETS:
@@ -155,8 +155,8 @@ def _convert(args: argparse.Namespace) -> int:
         with _step("exporting the converted model to ONNX", timings, "export"):
             export_onnx(module, example, staged, batch=args.batch, opset=args.opset, dynamic_spatial=args.dense)
         written_model = load_onnx(staged)
-        ops, weight_products = op_census(written_model), _weight_products(written_model)
-        print(_census_table(ops, report, weight_products))
+        ops, products = op_census(written_model), weight_products(written_model)
+        print(_census_table(ops, report, products))
         check = None
         if not args.no_check:
             # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose
@@ -179,7 +179,7 @@ def _convert(args: argparse.Namespace) -> int:
             "output": str(args.output) if written else None,
             **report.to_dict(),
             "onnx": {"batch": args.batch, "opset": written_model.opset_import[0].version, "ops": ops,
-                     "weight_products": weight_products},
+                     "weight_products": products},
             "check": None if check is None else vars(check),
             "timings_s": timings,
             "versions": versions(),
@@ -278,12 +278,6 @@ def _census_table(ops: dict[str, int], report: Report, weight_products: int) -> 
         lines.append(f"  {op:<24}{n:>7}{note}")
     lines.append(f"  Gemm/MatMul reading a weight: {weight_products}")
     return "\n".join(lines)
-
-
-def _weight_products(model: onnx.ModelProto) -> int:
-    """How many Gemm/MatMul nodes of the graph read an initializer: the Linears still in the file."""
-    initializers = {i.name for i in model.graph.initializer}
-    return sum(n.op_type in ("Gemm", "MatMul") and any(i in initializers for i in n.input) for n in model.graph.node)
 
 
 def _write_json(path: Path, document: dict) -> None:

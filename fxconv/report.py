@@ -15,6 +15,7 @@ class Converted:
     flattened_from: tuple[int, ...]  # (C, *S): the feature map its input was a flattening of
     kernel: tuple[int, ...]  # the convolution's kernel size
     node: str  # the graph node of the convolution that replaced it
+    layout: str = ""  # a head's "folded"/"batched"; for a Linear at every position, "(N, L, C) as (N, C, 1, L)"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Report:
     """The outcome of :func:`fxconv.convert`; ``str(report)`` is a readable table."""
 
     method: str
+    scope: str = "heads"
     layout: str = "batched"
     dense: bool = False
     capture: str = ""  # how the graph was obtained: symbolic_trace, torch.export, GraphModule, ExportedProgram
@@ -56,16 +58,19 @@ class Report:
     def __str__(self) -> str:
         mode = ", dense" if self.dense else ""
         lines = [
-            f"fxconv (method={self.method!r}, layout={self.layout!r}{mode}): {len(self.converted)} Linear converted, "
+            f"fxconv (method={self.method!r}, scope={self.scope!r}, layout={self.layout!r}{mode}): {len(self.converted)} Linear converted, "
             f"{len(self.skipped)} left alone"
         ]
         if self.capture:
             because = f" ({self.capture_note})" if self.capture_note else ""
             lines.append(f"  captured with {self.capture}{because}")
         for c in self.converted:
-            shape = "x".join(map(str, c.flattened_from))
             kernel = "x".join(map(str, c.kernel))
-            lines.append(f"  converted  {c.name:<24} flatten of {shape} -> conv{len(c.kernel)}d, kernel {kernel}")
+            if c.flattened_from:
+                shape = "x".join(map(str, c.flattened_from))
+                lines.append(f"  converted  {c.name:<24} flatten of {shape} -> conv{len(c.kernel)}d, kernel {kernel}")
+            else:
+                lines.append(f"  converted  {c.name:<24} at every position, {c.layout} -> conv{len(c.kernel)}d 1x1")
         for s in self.skipped:
             lines.append(f"  skipped    {s.name:<24} [{s.code}] {s.reason}")
         for f in self.frozen:

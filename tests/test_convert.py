@@ -337,7 +337,9 @@ def test_a_model_traced_with_a_custom_tracer_is_accepted():
     gm = fx.GraphModule(model, KeepInner().trace(model))
     x = torch.randn(2, 1, 2, 2)
     module, report = fxconv.convert(gm, x)
-    assert [(s.name, s.code) for s in report.skipped] == [("fc", "not-flattened")]
+    # The Linear inside the module the tracer kept whole is reported, not passed over in silence.
+    assert [(s.name, s.code) for s in report.skipped] == [("inner.fc", "opaque"), ("fc", "not-flattened")]
+    assert "module 'inner' (DataDependent)" in report.skipped[0].reason
     assert_same_outputs(module, model, x)
 
 
