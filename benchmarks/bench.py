@@ -4,6 +4,7 @@
     python benchmarks/bench.py --full --out benchmarks/results   # the published figures: models at 32 too,
                                                                  # heads at 128, more rounds
     python benchmarks/bench.py --tiny     # seconds: small stand-in models, to prove the script runs
+    python benchmarks/bench.py --only scope   # scope="all" on vit_small and convnext_tiny vs peer layouts
 
 OpenVINO (CPU, f32 precision, the ``openvino`` extra) is measured beside onnxruntime when installed.
 For each model, batch size and runtime, the original and each converted variant run interleaved (the
@@ -11,7 +12,9 @@ order rotates every round) after a warm-up; a row's ratio is the median over rou
 ``time(converted) / time(original)`` measured in the same round, so drifts of a noisy machine cancel.
 It also reports each variant's max abs difference from the original, how long ``convert`` and
 ``export_onnx`` take, the peak memory of converting vgg16 (copy vs ``inplace=True``), and the dense
-mode's speed-up over evaluating crops. Every ratio comes with its spread over the rounds (min–max); a
+mode's speed-up over evaluating crops. ``scope="all"`` (every Linear a convolution) is timed on timm's
+vit_small_patch16_224 and torchvision's convnext_tiny beside the two layouts other converters use
+(``peers.py``: a permute around each Linear, or the positions folded into the batch). Every ratio comes with its spread over the rounds (min–max); a
 row whose rounds disagree by more than 1.5x is flagged as measured on a noisy machine.
 
 Results: a table on the terminal, ``bench.json`` (every figure, the machine and library versions) and
@@ -40,14 +43,27 @@ import torchvision
 from torch import nn
 
 import fxconv
+import peers
 from fxconv._util import versions
 from fxconv.check import open_session
 
 HERE = Path(__file__).resolve().parent
 PUBLISHED = HERE / "results"
 NOISY = 1.5  # a ratio whose slowest round is this much above its fastest: the machine was busy
-VARIANTS = {"kernel": dict(method="kernel"), "1x1": dict(method="1x1")}  # the default, folded layout
-BATCHED = {"kernel batched": dict(method="kernel", layout="batched")}  # the textbook layout, for contrast
+
+
+def _converted(**options):
+    return lambda model, example: fxconv.convert(model, example, **options).module
+
+
+# Each variant makes a module from (original, example).
+VARIANTS = {"kernel": _converted(method="kernel"), "1x1": _converted(method="1x1")}  # the default, folded layout
+BATCHED = {"kernel batched": _converted(method="kernel", layout="batched")}  # the textbook layout, for contrast
+EVERY_LINEAR = {
+    "scope all": _converted(scope="all"),
+    "wrap each Linear": lambda model, example: peers.wrap_each_linear(model),
+    "tokens into batch": lambda model, example: peers.fold_into_batch(model),
+}
 FILE_RUNTIMES = tuple(r for r in fxconv.RUNTIMES if importlib.util.find_spec(r) is not None)
 
 
@@ -63,21 +79,33 @@ def _head(channels: int, size: int, widths: tuple[int, ...]) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def models(tiny: bool) -> dict[str, tuple[callable, tuple[int, ...]]]:
-    """name -> (factory, shape of one input item)."""
+def models(tiny: bool, parts: set[str]) -> dict[str, tuple[callable, tuple[int, ...], dict]]:
+    """name -> (factory, shape of one input item, variants)."""
+    chosen = {}
     if tiny:
-        return {"tiny head": (lambda: _head(8, 3, (32, 10)), (8, 3, 3))}
+        chosen["tiny head"] = (lambda: _head(8, 3, (32, 10)), (8, 3, 3), VARIANTS | BATCHED)
+        chosen["tiny tokens"] = (lambda: nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)), (4, 8), EVERY_LINEAR)
+        return chosen
     tv = torchvision.models
-    return {
-        "vgg16 head": (lambda: _head(512, 7, (4096, 4096, 1000)), (512, 7, 7)),
-        "alexnet head": (lambda: _head(256, 6, (4096, 4096, 1000)), (256, 6, 6)),
-        "resnet50 head": (lambda: _head(2048, 1, (1000,)), (2048, 1, 1)),
-        "alexnet": (lambda: tv.alexnet(weights=None), (3, 224, 224)),
-        "vgg16": (lambda: tv.vgg16(weights=None), (3, 224, 224)),
-        "resnet50": (lambda: tv.resnet50(weights=None), (3, 224, 224)),
-        "mobilenet_v3_large": (lambda: tv.mobilenet_v3_large(weights=None), (3, 224, 224)),
-        "efficientnet_b0": (lambda: tv.efficientnet_b0(weights=None), (3, 224, 224)),
-    }
+    if "models" in parts:
+        chosen |= {
+            "vgg16 head": (lambda: _head(512, 7, (4096, 4096, 1000)), (512, 7, 7), VARIANTS | BATCHED),
+            "alexnet head": (lambda: _head(256, 6, (4096, 4096, 1000)), (256, 6, 6), VARIANTS | BATCHED),
+            "resnet50 head": (lambda: _head(2048, 1, (1000,)), (2048, 1, 1), VARIANTS | BATCHED),
+            "alexnet": (lambda: tv.alexnet(weights=None), (3, 224, 224), VARIANTS),
+            "vgg16": (lambda: tv.vgg16(weights=None), (3, 224, 224), VARIANTS),
+            "resnet50": (lambda: tv.resnet50(weights=None), (3, 224, 224), VARIANTS),
+            "mobilenet_v3_large": (lambda: tv.mobilenet_v3_large(weights=None), (3, 224, 224), VARIANTS),
+            "efficientnet_b0": (lambda: tv.efficientnet_b0(weights=None), (3, 224, 224), VARIANTS),
+        }
+    if "scope" in parts:
+        import timm  # the test extra's; only this part needs it
+
+        chosen |= {
+            "vit_small": (lambda: timm.create_model("vit_small_patch16_224", pretrained=False), (3, 224, 224), EVERY_LINEAR),
+            "convnext_tiny": (lambda: tv.convnext_tiny(weights=None), (3, 224, 224), EVERY_LINEAR),
+        }
+    return chosen
 
 
 class Progress:
@@ -116,16 +144,15 @@ def ratios(times: dict[str, list[float]], name: str) -> dict[str, float]:
     return {"ratio": statistics.median(per_round), "ratio_min": min(per_round), "ratio_max": max(per_round)}
 
 
-def bench_model(name, factory, item_shape, batches, rounds, threads, folder: Path, progress: Progress) -> list[dict]:
-    """All rows for one model: every batch size, every runtime."""
+def bench_model(name, factory, item_shape, variants, batches, rounds, threads, folder: Path, progress) -> list[dict]:
+    """All rows for one model: every variant, batch size and runtime."""
     torch.manual_seed(0)
     original = factory().eval()
     example = torch.randn(2, *item_shape)
     modules, setup = {"original": original}, {}
-    contrast = BATCHED if name.endswith("head") else {}  # on the heads only: it keeps the run short
-    for variant, options in {**VARIANTS, **contrast}.items():
+    for variant, make in variants.items():
         start = time.perf_counter()
-        modules[variant] = fxconv.convert(original, example, **options).module
+        modules[variant] = make(original, example)
         setup[variant] = {"convert_s": time.perf_counter() - start}
     sessions = {runtime: {} for runtime in FILE_RUNTIMES}
     for variant, module in modules.items():
@@ -241,20 +268,30 @@ def plot(rows: list[dict], dense: list[dict], path: Path, threads: int) -> bool:
     except ImportError:
         return False
     def folded_heads(r):
-        return r["model"].endswith("head") and "batched" not in r["variant"]
+        return r["model"].endswith("head") and r["variant"] in VARIANTS
+
+    def whole_models(r):
+        return not r["model"].endswith("head") and r["variant"] in VARIANTS
+
+    def every_linear(r):
+        return r["variant"] in EVERY_LINEAR
 
     panels = [
         ("onnxruntime: classifier heads, default folded layout", "onnxruntime", folded_heads),
-        ("onnxruntime: whole models, default folded layout", "onnxruntime", lambda r: not r["model"].endswith("head")),
+        ("onnxruntime: whole models, default folded layout", "onnxruntime", whole_models),
         ("onnxruntime: heads, batched layout (the textbook form)", "onnxruntime", lambda r: "batched" in r["variant"]),
         ("OpenVINO (f32): classifier heads, default folded layout", "openvino", folded_heads),
         ("OpenVINO (f32): heads, batched layout", "openvino", lambda r: "batched" in r["variant"]),
+        ("onnxruntime: every Linear (scope='all') vs peer layouts", "onnxruntime", every_linear),
+        ("OpenVINO (f32): every Linear vs peer layouts", "openvino", every_linear),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(18, 8), constrained_layout=True)
+    fig, axes = plt.subplots(3, 3, figsize=(18, 12), constrained_layout=True)
     for ax, (title, runtime, keep) in zip(axes.flat, panels):
         chosen = [r for r in rows if r["runtime"] == runtime and keep(r)]
-        _ratio_panel(ax, chosen, title, window="batched" not in title)
-    _dense_panel(axes.flat[5], dense)
+        _ratio_panel(ax, chosen, title, window="batched" not in title and "Linear" not in title)
+    _dense_panel(axes.flat[len(panels)], dense)
+    for ax in axes.flat[len(panels) + 1 :]:
+        ax.set_visible(False)
     fig.suptitle(f"fxconv: converted / original latency on the CPU ({threads} threads); "
                  "median of interleaved rounds, bars = min-max")  # fmt: skip
     fig.savefig(path, dpi=110, metadata={"Software": None})
@@ -327,7 +364,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="whole models at batch 32, heads at 128, more rounds")
     parser.add_argument("--tiny", action="store_true", help="small stand-in models: proves the script runs")
-    parser.add_argument("--only", choices=("models", "dense", "memory"), help="run one part (writes bench-PART.json)")
+    parser.add_argument("--only", choices=("models", "scope", "dense", "memory"), help="run one part (writes bench-PART.json)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replot", type=Path, metavar="BENCH.json", help="redraw the plot of a finished run beside it")
     parser.add_argument("--out", type=Path, default=HERE / "scratch",
@@ -343,22 +380,24 @@ def main(argv=None) -> int:
     batches = (1,) if args.tiny else (1, 8, 32)
     rounds = 3 if args.tiny else 9 if args.full else 5
     args.out.mkdir(parents=True, exist_ok=True)
-    parts = {args.only} if args.only else {"models", "dense", "memory"} - ({"dense", "memory"} if args.tiny else set())
-    zoo = models(args.tiny) if "models" in parts else {}
+    parts = {args.only} if args.only else {"models", "scope", "dense", "memory"} - ({"dense", "memory"} if args.tiny else set())
+    zoo = models(args.tiny, parts)
     dense_models = ("resnet18", "vgg16") if "dense" in parts else ()
     # Whole models at batch 32 with --full only, and batch 128 for the heads alone: a whole vgg16 takes
     # seconds a run at batch 32 on 2 cores, most of a minute at 128.
     plan = {}
-    for name in zoo:
+    for name, (_, _, variants) in zoo.items():
         if name.endswith("head"):
             plan[name] = batches + ((128,) if args.full else ())
+        elif variants is EVERY_LINEAR:
+            plan[name] = batches[:2]  # batch 1 and 8: what the NPU users run
         else:
             plan[name] = batches if args.full else batches[:2]
     progress = Progress(sum((1 + len(FILE_RUNTIMES)) * len(b) for b in plan.values()) + len(dense_models))
     rows, dense = [], []
     with tempfile.TemporaryDirectory() as folder:
-        for name, (factory, shape) in zoo.items():
-            rows += bench_model(name, factory, shape, plan[name], rounds, args.threads, Path(folder), progress)
+        for name, (factory, shape, variants) in zoo.items():
+            rows += bench_model(name, factory, shape, variants, plan[name], rounds, args.threads, Path(folder), progress)
     for name in dense_models:
         dense.append(bench_dense(name, 3, args.threads))
         progress.step(f"dense {name}")

@@ -18,7 +18,7 @@ from .errors import (
     OnnxError,
     TraceError,
 )
-from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES
+from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES, SCOPES
 from .report import Converted, Frozen, Report, Skipped
 
 try:
@@ -52,6 +52,7 @@ __all__ = [
     "LAYOUTS",
     "METHODS",
     "RUNTIMES",
+    "SCOPES",
     "ConvertResult",
     "Converted",
     "ExampleInputError",

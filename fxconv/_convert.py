@@ -12,6 +12,14 @@ After, ``method="1x1"``::
 
     x ─ reshape (N, C·H·W, 1, 1) ─ conv2d(W1.view(F, C·H·W, 1, 1)) ─ ReLU ─ conv2d(W2.view(K, F, 1, 1)) ─ flatten ─▶ (N, K)
 
+Before, a transformer MLP on tokens (converted with ``scope="all"``)::
+
+    x (N, L, C) ─ LayerNorm ─ Linear(C → 4C) ─ GELU ─ Linear(4C → C) ─ + x ─▶ (N, L, C)
+
+After::
+
+    x ─ permute, unsqueeze: (N, C, 1, L) ─ LayerNorm over dim 1 ─ conv 1x1 ─ GELU ─ conv 1x1 ─ + ─ squeeze, permute ─▶
+
 The steps: capture (``capture.py``: symbolic_trace, torch.export, or the graph you give, with every
 node's shape recorded on the example), rewrite (``_rewrite.py``, with the spellings of both graph levels
 in ``_patterns.py``; dense mode in ``_dense.py``), and the report.
@@ -58,7 +66,7 @@ def convert(
     inplace: bool = False,
     capture: str = "auto",
 ) -> ConvertResult:
-    """Rewrite every Linear fed by a flattened feature map in ``model`` as a convolution.
+    """Rewrite every Linear fed by a flattened feature map in ``model`` (every Linear, with ``scope="all"``) as a convolution.
 
     ``model`` is an ``nn.Module``, a ``GraphModule`` you traced yourself (symbolic_trace, a custom
     tracer, or ``ExportedProgram.module()``), or an ``ExportedProgram`` (then the result is an
@@ -71,6 +79,13 @@ def convert(
     case the result shares its parameters (and a GraphModule is rewritten in place). Every Linear call
     that is not converted is in ``report.skipped`` with a reason; with ``strict=True`` any such call
     raises :class:`NotConvertibleError`.
+
+    ``scope="heads"`` (the default) converts the Linears that read a flattened or globally pooled map
+    (``x.mean((2, 3))``, and ``x.mean(1)`` of (N, L, C) tokens); ``scope="all"`` converts every Linear:
+    the others run at each position of their input as 1x1 convolutions, tokens (N, L, C) as (N, C, 1, L)
+    and channels-last maps (N, H, W, C) as NCHW, and the element-wise ops and LayerNorms between them
+    run in that layout too, so that a block changes layout once in and once out (see ``fxconv._layouts``).
+    ``report.converted[i].layout`` says which layout each Linear took.
 
     ``layout`` says where the batch goes inside the head. ``"folded"`` (the default) tiles the batch
     along the last spatial axis, ``(N, K) -> (1, K, 1, N)``, so that a runtime which runs a convolution

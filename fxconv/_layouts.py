@@ -67,6 +67,13 @@ class PositionLayout:
         """The original-layout value of a conv form."""
         return self.permuted(graph, form, tuple(range(self.rank)))
 
+    def form_dim(self, dim: int) -> int:
+        """Where dim ``dim`` of the original value sits in its conv form."""
+        position = self.perm.index(dim % self.rank)
+        for inserted in self.inserted:
+            position += inserted <= position
+        return position
+
     def cancels(self, order: tuple[int, ...]) -> bool:
         """Whether entering ``x.permute(order)`` needs no permute (it is ``x`` with dims inserted)."""
         return tuple(order[d] for d in self.perm) == tuple(range(self.rank))

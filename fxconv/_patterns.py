@@ -245,11 +245,19 @@ def module_kind(module: nn.Module) -> Kind | None:
     return None
 
 
+# Functions that libraries mark with torch.fx.wrap (symbolic_trace calls them whole) and that are the
+# identity outside training: (module, name) -> the position of their ``training`` argument.
+_IDENTITY_IN_EVAL = {("torchvision.ops.stochastic_depth", "stochastic_depth"): 3}
+
+
 def op_kind(node: Node, modules: dict[str, nn.Module]) -> Kind | None:
     """The kind of ``node`` as an op between a flatten and a Linear (None: not movable)."""
     if node.op == "call_module":
         return module_kind(modules[node.target])
     if has_role(node, "elementwise"):
+        return Kind.ELEMENTWISE
+    training = _IDENTITY_IN_EVAL.get((getattr(node.target, "__module__", None), getattr(node.target, "__name__", None)))
+    if node.op == "call_function" and training is not None and arg(node, training, "training", True) is False:
         return Kind.ELEMENTWISE
     if has_role(node, "layer_norm"):
         shape = arg(node, 1, "normalized_shape")

@@ -31,6 +31,14 @@ over them, the later 1x1 ones see one image of N positions, and a runtime that r
 (onnxruntime on CPU) runs one GEMM for the whole batch, as it did for the Linear. The flatten at the end
 of the head unfolds. ``layout="batched"`` keeps (N, C, *S).
 
+Every Linear (``scope="all"``). A Linear that does not read a flattened map acts at each position of a
+(N, *positions, C) value: it becomes ``leave(conv1x1(enter(x)))`` in the value's conv layout, (N, C, 1, L)
+for tokens and (N, C, H, W) for channels-last maps (the layouts and their math: ``_layouts``). Walking the
+graph in order, element-wise ops and LayerNorms whose input already has a conv form run in it, and the
+form is kept beside each value, so the next Linear reads it without a layout change; a Linear's input
+that has none is entered where the ops before it start (``fc1(norm(x))`` enters ``x``, which the
+residual reads too). The ``leave`` nodes nobody reads are dropped at the end.
+
 The convolutions read the Linear's own parameters through ``unflatten`` views: nothing is copied, a
 Linear called from several places keeps one set of weights, gradients reach it, and the state_dict keys
 do not change.
@@ -126,7 +134,7 @@ def _label(call: LinearCall) -> str:
         return str(call.node.target)
     weight = _untransposed(call.weight)[0] if isinstance(call.weight, Node) else None
     if weight is not None and weight.op == "get_attr":  # torch.export keeps the parameter's name
-        return weight.target.removesuffix(".weight")
+        return weight.target.removesuffix(".weight").removesuffix("_weight")  # attn.in_proj_weight: attn.in_proj
     return P.module_path(call.node) or call.node.name
 
 
@@ -503,19 +511,49 @@ class Rewriter:
                 f"its input has shape {shape}: a 1x1 convolution takes (N, C) up to (N, D, H, W, C) values",
             )  # fmt: skip
         with self.graph.inserting_before(call.node):
-            form = self._form(call.input, layout)
+            form = self._form(call.input, layout, walk=True)
             conv = self._conv(call, form, (shape[-1], *(1,) * layout.spatial))
         self._leave(call.node, conv, layout)
         self.report.converted.append(Converted(name, "1x1", (), (1,) * layout.spatial, conv.name, layout.shape))
         log.debug("fxconv: %s -> %s, %s", name, conv.name, layout.shape)
         return None
 
-    def _form(self, value: Node, layout: PositionLayout) -> Node:
-        """``value`` in ``layout`` (of its rank or broadcasting against it): its recorded form, or entered."""
+    def _form(self, value: Node, layout: PositionLayout, walk: bool = False) -> Node:
+        """``value`` in ``layout``: its recorded form, or entered (once: the form is recorded).
+
+        An operand of lower rank, broadcasting against the layout's values, is entered each time.
+        ``walk``: enter the value the ops before ``value`` start from, and move those ops into the layout
+        — ``fc1(norm(x))`` enters ``x``, which the residual ``x + ...`` reads too.
+        """
         rank = len(shape_of(value) or ()) if isinstance(value, Node) else 0
-        if value in self.forms and rank == layout.rank:
-            return self.forms[value]
-        return layout.enter(self.graph, value, rank)
+        if rank != layout.rank:
+            return layout.enter(self.graph, value, rank)
+        chain, root = [], value
+        while walk and root not in self.forms and self._movable(root, layout):
+            chain.append(root)
+            root = P.first_input(root)
+        if root not in self.forms:
+            if root.op == "placeholder":  # after every input: the code keeps its signature
+                root_end = [n for n in self.graph.nodes if n.op == "placeholder"][-1].next
+            else:
+                root_end = root.next
+            with self.graph.inserting_before(root_end):
+                self.forms[root] = layout.enter(self.graph, root, rank)
+        form = self.forms[root]
+        for node in reversed(chain):
+            form = self._propagate(node)
+        return form
+
+    def _movable(self, node: Node, layout: PositionLayout) -> bool:
+        """Whether ``node`` is an op of one tensor (and constants) that runs as well in ``layout``."""
+        source = P.first_input(node)
+        if node.op not in ("call_function", "call_method", "call_module") or not isinstance(source, Node):
+            return False
+        if len(shape_of(node) or ()) != layout.rank or len(shape_of(source) or ()) != layout.rank:
+            return False
+        kind = P.op_kind(node, self.modules)
+        others = [a for a in node.all_input_nodes if a is not source]
+        return kind is P.Kind.ACROSS_FEATURES or (kind is P.Kind.ELEMENTWISE and all(a in self.constants for a in others))
 
     def _leave(self, node: Node, form: Node, layout: PositionLayout) -> None:
         """Replace ``node`` by ``leave(form)``, recorded as having that form."""
@@ -523,6 +561,30 @@ class Rewriter:
             left = layout.leave(self.graph, form)
         self._replace(node, left)
         self.forms[left] = form
+        self._read_sizes_from(left, form, layout)
+
+    def _read_sizes_from(self, left: Node, form: Node, layout: PositionLayout) -> None:
+        """Let ``x.shape[i]`` / ``x.size(i)`` of ``left`` read the form's dim, so no layout change runs for a size."""
+        for user in list(left.users):
+            if P.op_name(user) == "getattr" and user.args[1:] == ("shape",):
+                reads = list(user.users)
+                if not all(P.op_name(r) == "getitem" and isinstance(r.args[1], int) for r in reads):
+                    continue
+            elif P.op_name(user) in ("size", "sym_size") and isinstance(P.arg(user, 1, "dim"), int):
+                reads = [user]
+            else:
+                continue
+            for read in reads:
+                dim = layout.form_dim(read.args[1])
+                with self.graph.inserting_before(read):
+                    if isinstance(read.target, torch._ops.OpOverload):  # aten.sym_size.int
+                        size = self.graph.call_function(read.target, (form, dim))
+                    else:
+                        size = self.graph.call_method("size", (form, dim))
+                size.meta = dict(read.meta)
+                read.replace_all_uses_with(size)
+                self.graph.erase_node(read)
+                self.replaced.add(read)
 
     def _replace(self, node: Node, value: Node) -> None:
         """Erase ``node`` for ``value``, a node computing the same tensor (which keeps its recorded shape)."""
@@ -531,18 +593,19 @@ class Rewriter:
         self.graph.erase_node(node)
         self.replaced.add(node)
 
-    def _propagate(self, node: Node) -> None:
-        """Run ``node`` in its conv layout when one of its inputs already is (scope "all").
+    def _propagate(self, node: Node) -> Node | None:
+        """Run ``node`` in its conv layout when one of its inputs already is (scope "all"); its form, if so.
 
         A permute of a value in a conv layout composes with the layout's own (``permute(0, 3, 1, 2)``
         of a channels-last value that is a conv form is that form); a permute that entering would undo
-        records its input as its form. Element-wise ops and LayerNorms over the last dim move into the
-        layout, their other operands entered (a per-channel scale becomes (1, C, 1, 1)).
+        records its input as its form. A reshape between (N, H, W, C) and (N, H·W, C) regroups the
+        form's positions. Element-wise ops and LayerNorms over the last dim move into the layout, their
+        other operands entered (a per-channel scale becomes (1, C, 1, 1)).
         """
         shape = shape_of(node)
         layout = layout_for(len(shape), self.folded) if shape is not None else None
         if layout is None or node.op not in ("call_function", "call_method", "call_module"):
-            return
+            return None
         order = P.permutation(node, layout.rank)
         source = P.first_input(node)
         if order is not None and isinstance(source, Node):
@@ -550,13 +613,16 @@ class Rewriter:
                 with self.graph.inserting_before(node):
                     self._replace(node, layout.permuted(self.graph, self.forms[source], order))
             elif layout.cancels(order):
-                with self.graph.inserting_after(node):
+                with self.graph.inserting_before(node.next):
                     self.forms[node] = layout.enter(self.graph, node, layout.rank)
-            return
-        kind = P.op_kind(node, self.modules)
-        if kind is P.Kind.ACROSS_FEATURES:
+            return None
+        if P.is_reshape(node, self.modules) and source in self.forms:
+            form = self._regrouped(node, source)
+            if form is None:
+                return None
+        elif (kind := P.op_kind(node, self.modules)) is P.Kind.ACROSS_FEATURES:
             if source not in self.forms or len(shape_of(source)) != layout.rank:
-                return
+                return None
             weight, bias, eps = P.layer_norm_parts(node, self.modules)
             with self.graph.inserting_before(node):
                 weight, bias = (self._get_attr(p) if isinstance(p, str) else p for p in (weight, bias))
@@ -564,16 +630,38 @@ class Rewriter:
         elif kind is P.Kind.ELEMENTWISE:
             operands = node.all_input_nodes
             if not any(a in self.forms and len(shape_of(a) or ()) == layout.rank for a in operands):
-                return
+                return None
             if any(shape_of(a) is None or len(shape_of(a)) > layout.rank for a in operands):
-                return
+                return None
             with self.graph.inserting_before(node):
                 entered = {a: self._form(a, layout) for a in operands}
                 form = self.graph.node_copy(node, lambda a: entered[a])
             form.meta.pop("tensor_meta", None)
         else:
-            return
+            return None
         self._leave(node, form, layout)
+        return form
+
+    def _regrouped(self, node: Node, source: Node) -> Node | None:
+        """The form of a reshape that only regroups the positions: (N, H, W, C) <-> (N, H·W, C).
+
+        Positions are row-major in both layouts, so the form regroups them the same way: (N, C, H, W)
+        -> (N, C, 1, H·W) by ``flatten(2).unsqueeze(2)``, and back by ``squeeze(2).unflatten(2, (H, W))``
+        with the sizes the reshape itself was given (which may be computed at run time).
+        """
+        before, after = shape_of(source), shape_of(node)
+        if (before[0], before[-1]) != (after[0], after[-1]):
+            return None
+        form = self.forms[source]
+        if len(before) == 4 and len(after) == 3:
+            with self.graph.inserting_before(node):
+                return self.graph.call_method("unsqueeze", (self.graph.call_method("flatten", (form, 2)), 2))
+        sizes = node.args[1:] if len(node.args) != 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
+        if len(before) == 3 and len(after) == 4 and len(sizes) == 4:
+            with self.graph.inserting_before(node):
+                squeezed = self.graph.call_method("squeeze", (form, 2))
+                return self.graph.call_method("unflatten", (squeezed, 2, tuple(sizes[1:3])))
+        return None
 
     def _get_attr(self, name: str) -> Node:
         """A get_attr of a Linear's parameter; a parametrized one is a property, which fx warns of needlessly."""

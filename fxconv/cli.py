@@ -7,6 +7,7 @@
     fxconv inspect resnet50.onnx
 
     fxconv convert torchvision:alexnet --batch 1 --opset 13 --runtime openvino -o alexnet_npu.onnx
+    fxconv convert timm:vit_small_patch16_224 --scope all -o vit.onnx   # every Linear, not just the head
 
 Exit codes: 0 success, 1 the check failed (or ``--strict`` found a Linear left alone), 2 bad usage or
 input, 130 interrupted. Errors are one line on stderr (``--debug`` shows the traceback). The output
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import FxconvError, InvalidArgumentError
-from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES
+from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES, SCOPES
 
 if TYPE_CHECKING:
     import onnx
@@ -63,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
     c.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
     c.add_argument("--method", default="kernel", choices=METHODS, help="default kernel")
+    c.add_argument("--scope", default="heads", choices=SCOPES,
+                   help="heads: Linears fed by a flattened or pooled map (default); all: every Linear, as 1x1 "
+                   "convolutions on (N, C, 1, L) tokens and NCHW maps")
     c.add_argument("--layout", choices=LAYOUTS, help="where the batch goes in the head (default folded)")
     c.add_argument("--capture", default="auto", choices=CAPTURES, help="symbolic_trace (fx), torch.export, or auto (default)")
     c.add_argument("--approximate", action="store_true",
@@ -140,8 +144,8 @@ def _convert(args: argparse.Namespace) -> int:
         example = torch.randn(shape, dtype=dtype)
     with _step("tracing and converting", timings, "convert"):
         module, report = convert(
-            model, example, args.method, layout=args.layout, dense=args.dense, approximate=args.approximate,
-            capture=args.capture,
+            model, example, args.method, scope=args.scope, layout=args.layout, dense=args.dense,
+            approximate=args.approximate, capture=args.capture,
         )
     print(report)
     if not report.converted:

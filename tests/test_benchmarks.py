@@ -22,8 +22,13 @@ def test_the_benchmark_runs_in_tiny_mode(tmp_path):
     assert "ratio" in result.stdout and "spread" in result.stdout and "tiny head" in result.stdout
     document = json.loads((tmp_path / "bench.json").read_text())
     rows = document["rows"]
-    assert {(r["runtime"], r["variant"]) for r in rows} == {
-        (runtime, variant) for runtime in ("onnxruntime", "openvino", "pytorch") for variant in ("kernel", "1x1", "kernel batched")
+    variants = {"tiny head": ("kernel", "1x1", "kernel batched"),
+                "tiny tokens": ("scope all", "wrap each Linear", "tokens into batch")}  # fmt: skip
+    assert {(r["model"], r["runtime"], r["variant"]) for r in rows} == {
+        (model, runtime, variant)
+        for runtime in ("onnxruntime", "openvino", "pytorch")
+        for model, names in variants.items()
+        for variant in names
     }
     for row in rows:
         assert 0 < row["ratio_min"] <= row["ratio"] <= row["ratio_max"]
@@ -31,7 +36,7 @@ def test_the_benchmark_runs_in_tiny_mode(tmp_path):
         assert row["max_abs_diff"] < 1e-4 and row["convert_s"] > 0 and row["export_s"] > 0
     assert document["versions"]["onnxruntime"] and document["threads"] == 2
     with Image.open(tmp_path / "bench.png") as image:
-        assert image.size[0] > 1000  # four panels
+        assert image.size[0] > 1000  # a grid of panels
 
 
 def test_only_full_replaces_the_published_figures():

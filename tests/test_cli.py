@@ -300,6 +300,20 @@ def test_nothing_converted_is_said_and_strict_writes_nothing(workdir):
     assert not (workdir / "s.onnx").exists() and "Traceback" not in strict.stderr
 
 
+def test_scope_all_converts_the_per_position_linear_the_default_leaves(workdir):
+    result = fxconv_cli(
+        "convert", "nets:per_pixel", "--input-shape", TINY, "--scope", "all", "--strict", "-o", "a.onnx",
+        "--report", "a.json", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "scope='all'" in result.stdout and "(N, H, W, C) as (N, C, H, W) -> conv2d 1x1" in result.stdout
+    assert "check PASSED" in result.stdout and "Gemm/MatMul reading a weight: 0" in result.stdout
+    report = json.loads((workdir / "a.json").read_text())
+    assert report["scope"] == "all" and report["converted"][0]["layout"] == "(N, H, W, C) as (N, C, H, W)"
+    bad = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--scope", "every", "-o", "b.onnx", cwd=workdir)
+    assert bad.returncode == 2 and "invalid choice: 'every'" in bad.stderr and not (workdir / "b.onnx").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("step", ["tracing", "exporting", "checking"])
 def test_ctrl_c_in_any_step_exits_130_in_one_line_and_leaves_nothing(workdir, step):
