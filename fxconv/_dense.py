@@ -137,6 +137,12 @@ class DenseRewriter(Rewriter):
 
     def _freeze(self, pool: Node) -> None:
         """Replace a pool in front of a head by the stride-1 (or identity) pool it was for the example."""
+        if self._pools_positions(pool) is not None:
+            raise NotConvertibleError(
+                f"dense mode: the head at {node_place(pool)} pools over the positions of a channels-last value; "
+                "dense mode slides heads over (N, C, H, W) maps (scope='all' runs a channels-last value as one "
+                "when a Linear before the pool reads it)"
+            )
         x = pool.all_input_nodes[0]
         size_in, size_out = shape_of(x)[2:], _kept_size(pool, shape_of(x))
         fixed = P.fixed_pool(pool, self.modules)

@@ -67,6 +67,13 @@ class PositionLayout:
         """The original-layout value of a conv form."""
         return self.permuted(graph, form, tuple(range(self.rank)))
 
+    def form_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the conv form of a value of ``shape``."""
+        form = [shape[d] for d in self.perm]
+        for dim in self.inserted:
+            form.insert(dim, 1)
+        return tuple(form)
+
     def form_dim(self, dim: int) -> int:
         """Where dim ``dim`` of the original value sits in its conv form."""
         position = self.perm.index(dim % self.rank)

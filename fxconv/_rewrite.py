@@ -538,10 +538,12 @@ class Rewriter:
             else:
                 root_end = root.next
             with self.graph.inserting_before(root_end):
-                self.forms[root] = layout.enter(self.graph, root, rank)
+                self._record_form(root, layout.enter(self.graph, root, rank), layout)
         form = self.forms[root]
         for node in reversed(chain):
             form = self._propagate(node)
+            if form is None:  # it did not move after all: enter the value itself
+                return layout.enter(self.graph, value, rank)
         return form
 
     def _movable(self, node: Node, layout: PositionLayout) -> bool:
@@ -560,8 +562,15 @@ class Rewriter:
         with self.graph.inserting_before(node):
             left = layout.leave(self.graph, form)
         self._replace(node, left)
-        self.forms[left] = form
+        self._record_form(left, form, layout)
         self._read_sizes_from(left, form, layout)
+
+    def _record_form(self, value: Node, form: Node, layout: PositionLayout) -> None:
+        """Record ``form`` as the conv form of ``value``, with its shape (dense mode reads it)."""
+        self.forms[value] = form
+        meta = value.meta.get("tensor_meta")
+        if meta is not None and "tensor_meta" not in form.meta:
+            form.meta["tensor_meta"] = meta._replace(shape=torch.Size(layout.form_shape(tuple(meta.shape))))
 
     def _read_sizes_from(self, left: Node, form: Node, layout: PositionLayout) -> None:
         """Let ``x.shape[i]`` / ``x.size(i)`` of ``left`` read the form's dim, so no layout change runs for a size."""
@@ -614,7 +623,7 @@ class Rewriter:
                     self._replace(node, layout.permuted(self.graph, self.forms[source], order))
             elif layout.cancels(order):
                 with self.graph.inserting_before(node.next):
-                    self.forms[node] = layout.enter(self.graph, node, layout.rank)
+                    self._record_form(node, layout.enter(self.graph, node, layout.rank), layout)
             return None
         if P.is_reshape(node, self.modules) and source in self.forms:
             form = self._regrouped(node, source)

@@ -350,6 +350,30 @@ def test_dense_mode_slides_a_convnext_like_classifier_with_every_linear_converte
         torch.testing.assert_close(heat[..., 2, 0], model.head(window.mean((2, 3))))
 
 
+class ChannelsLastPooled(nn.Module):
+    """A Linear on an (N, H, W, C) map, then a head reading its mean over the positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.fc, self.head = nn.Conv2d(3, 8, 2, 2), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.fc(self.stem(x).permute(0, 2, 3, 1)).mean((1, 2)))
+
+
+def test_dense_mode_slides_a_head_pooled_over_channels_last_positions_in_scope_all_only():
+    torch.manual_seed(0)
+    model, x = ChannelsLastPooled().eval(), torch.randn(1, 3, 8, 8)
+    with pytest.raises(fxconv.NotConvertibleError, match="pools over the positions of a channels-last value"):
+        fxconv.convert(model, x, dense=True)
+    module, _ = fxconv.convert(model, x, scope="all", dense=True, strict=True)
+    big = torch.randn(1, 3, 8, 12)
+    with torch.no_grad():
+        heat = module(big)
+        window = model.fc(model.stem(big).permute(0, 2, 3, 1))[:, :, 1:5, :]  # window 1 of the (4, 6) map
+        torch.testing.assert_close(heat[..., 0, 1], model.head(window.mean((1, 2))))
+
+
 def test_the_report_names_each_layout():
     _, report = fxconv.convert(Mixer().eval(), torch.randn(2, 4, 8), scope="all")
     text = str(report)
