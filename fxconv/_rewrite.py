@@ -504,12 +504,11 @@ class Rewriter:
         shape = shape_of(call.input)
         if shape is None or shape_of(call.node) is None:
             return Skipped(name, "no-shape", "no shape was recorded for its input or output")
+        if len(shape) < 2:
+            return Skipped(name, "rank", f"its input has shape {shape}: there is no batch dimension")
         layout = layout_for(len(shape), self.folded)
         if layout is None:
-            return Skipped(
-                name, "rank",
-                f"its input has shape {shape}: a 1x1 convolution takes (N, C) up to (N, D, H, W, C) values",
-            )  # fmt: skip
+            return self._convert_many_positions(call, name, shape)
         with self.graph.inserting_before(call.node):
             form = self._form(call.input, layout, walk=True)
             conv = self._conv(call, form, (shape[-1], *(1,) * layout.spatial))
@@ -517,6 +516,21 @@ class Rewriter:
         self.report.converted.append(Converted(name, "1x1", (), (1,) * layout.spatial, conv.name, layout.shape))
         log.debug("fxconv: %s -> %s, %s", name, conv.name, layout.shape)
         return None
+
+    def _convert_many_positions(self, call: LinearCall, name: str, shape: tuple[int, ...]) -> None:
+        """More than three position dims (Twins' windows, (N, h, w, ws, ws, C)): run them as one row of tokens.
+
+        ``x.flatten(1, -2)`` is (N, L, C) tokens; the result is unflattened to the sizes ``x`` has when
+        it runs. No conv layout is kept for such a value: only this Linear runs in one.
+        """
+        tokens = layout_for(3, self.folded)
+        with self.graph.inserting_before(call.node):
+            row = tokens.enter(self.graph, self.graph.call_method("flatten", (call.input, 1, -2)), 3)
+            conv = self._conv(call, row, (shape[-1], 1, 1))
+            sizes = tuple(self.graph.call_method("size", (call.input, d)) for d in range(1, len(shape) - 1))
+            self._replace(call.node, self.graph.call_method("unflatten", (tokens.leave(self.graph, conv), 1, sizes)))
+        self.report.converted.append(Converted(name, "1x1", (), (1, 1), conv.name, "(N, *P, C) as (N, C, 1, L)"))
+        log.debug("fxconv: %s -> %s, positions flattened", name, conv.name)
 
     def _form(self, value: Node, layout: PositionLayout, walk: bool = False) -> Node:
         """``value`` in ``layout``: its recorded form, or entered (once: the form is recorded).

@@ -305,13 +305,23 @@ def test_a_class_token_head_converts_in_scope_all_only():
     assert_same_outputs(module, model, x)
 
 
-def test_a_linear_beyond_five_dims_is_reported_and_strict_refuses_it():
-    model, x = nn.Sequential(nn.Linear(4, 2)), torch.randn(1, 2, 2, 2, 2, 4)
-    _, report = fxconv.convert(model, x, scope="all")
-    assert [(s.name, s.code) for s in report.skipped] == [("0", "rank")]
-    assert "(1, 2, 2, 2, 2, 4)" in report.skipped[0].reason
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_a_linear_on_more_than_three_position_dims_runs_them_as_one_row_of_tokens(capture):
+    model, x = Spelled("module").eval(), torch.randn(2, 2, 3, 2, 2, 6)  # Twins' (N, h, w, ws, ws, C) windows
+    module, report = fxconv.convert(model, x, scope="all", capture=capture, strict=True)
+    assert [c.layout for c in report.converted] == ["(N, *P, C) as (N, C, 1, L)"]
+    assert not linear_calls(module)
+    assert_same_outputs(module, model, x)
+    assert_same_outputs(module, model, torch.randn(3, 2, 3, 2, 2, 6))
+
+
+def test_a_linear_without_a_batch_dim_is_reported_and_strict_refuses_it():
+    model, x = Spelled("functional").eval(), torch.randn(6)
+    _, report = fxconv.convert(model, x, scope="all", capture="fx")
+    assert [(s.name, s.code) for s in report.skipped] == [("fc", "rank")]
+    assert "no batch dimension" in report.skipped[0].reason
     with pytest.raises(fxconv.NotConvertibleError, match="1 Linear left alone"):
-        fxconv.convert(model, x, scope="all", strict=True)
+        fxconv.convert(model, x, scope="all", capture="fx", strict=True)
 
 
 # -- promises kept: weights, training, dense mode, the report ----------------------------------------

@@ -52,3 +52,30 @@ def test_a_transformers_classifier_converts_through_torch_export(name, tmp_path)
     check = fxconv.check_onnx(fxconv.export_onnx(module, x, tmp_path / f"{name}.onnx"), model, x)
     assert check.passed, check
     assert "Gemm" not in check.ops
+
+
+# Small configs of the transformer families (and a text model: BERT's attention and MLP are Linears on
+# (N, L, C) tokens too): scope="all" converts every Linear, through torch.export.
+SMALL = {
+    "vit": ("ViTConfig", "ViTForImageClassification", dict(image_size=32, patch_size=8, hidden_size=32,
+            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)),
+    "swin": ("SwinConfig", "SwinForImageClassification", dict(image_size=32, patch_size=4, embed_dim=16,
+             depths=[1, 1], num_heads=[1, 2], window_size=4)),
+    "convnext": ("ConvNextConfig", "ConvNextForImageClassification", dict(num_stages=2, hidden_sizes=[16, 32],
+                 depths=[1, 1])),
+    "bert": ("BertConfig", "BertForSequenceClassification", dict(vocab_size=100, hidden_size=32,
+             num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_scope_all_converts_every_linear_of_a_transformers_model(name):
+    config, cls, options = SMALL[name]
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)(getattr(transformers, config)(**options)).eval()
+    x = torch.randint(0, 100, (2, 7)) if name == "bert" else torch.randn(2, 3, 32, 32)
+    module, report = fxconv.convert(model, x, scope="all", strict=True)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert len(report.converted) == linears, str(report)
+    with torch.no_grad():
+        torch.testing.assert_close(logits(module(x)), logits(model(x)))
