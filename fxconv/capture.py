@@ -2,8 +2,8 @@
 
 ::
 
-    nn.Module ──symbolic_trace──▶ torch-level GraphModule ── equal to the model on the example? ──▶ rewrite
-        │                                  (trace failed, or not equal, or forward set on the instance)
+    nn.Module ──symbolic_trace──▶ torch-level GraphModule ── equal to the model, every Linear seen? ──▶ rewrite
+        │        (trace failed, not equal, forward set on the instance, or a Linear inside a call kept whole)
         └──────────torch.export (dynamic batch)──▶ ExportedProgram.module(): ATen-level GraphModule ──▶ rewrite
     GraphModule (traced by you, or ExportedProgram.module()) ───────────────────────────────────────▶ rewrite
     ExportedProgram ──.module()──▶ ATen-level GraphModule ──▶ rewrite ──▶ torch.export again
@@ -14,7 +14,9 @@ Faithful. ``symbolic_trace`` can record a graph that is not the model: it traces
 even where the instance has its own (``model.forward = ...``, as pretrainedmodels does), and it drops the
 hooks of the modules it traces through. So its graph is run on the example beside the model, and only a
 graph that gives the model's outputs is used; otherwise ``capture="auto"`` falls back to torch.export,
-whose graph inlines hooks and instance methods.
+whose graph inlines hooks and instance methods. It also keeps ``torch.nn`` modules (``nn.MultiheadAttention``)
+and ``torch.fx.wrap`` functions (torchvision's Swin attention) whole, hiding the Linears inside them
+(``hidden_linears``): "auto" then uses torch.export too, and a graph that keeps them hidden reports them.
 
 Where tracing failed. When no capture works, the error names the innermost module of the model and the
 source line (outside torch) where each tracer stopped, read from the exception's traceback.
