@@ -405,6 +405,8 @@ def test_the_onnx_file_has_no_weight_matmul_and_the_convnext_transposes_are_gone
     ops = op_census(load_onnx(converted))
     assert ops.get("Transpose", 0) == 0 < op_census(load_onnx(original))["Transpose"]
     assert weight_products(load_onnx(converted)) == 0 and "Gemm" not in ops
+    weights = {n.input[1] for n in load_onnx(converted).graph.node if n.op_type == "Conv"}
+    assert {f"{b}.{fc}.weight" for b in "01" for fc in ("fc1", "fc2")} <= weights  # named after the Linears
     result = fxconv.check_onnx(converted, model, x, batch_sizes=None if batch is None else [1])
     assert result.passed, str(result)
 
