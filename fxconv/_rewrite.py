@@ -629,10 +629,12 @@ class Rewriter:
         layout = layout_for(len(shape), self.folded) if shape is not None else None
         if layout is None or node.op not in ("call_function", "call_method", "call_module"):
             return None
+        if node in self.constants:  # a weight (``w.t()``) stays what linear_call recognises, whatever reads it
+            return None
         order = P.permutation(node, layout.rank)
         source = P.first_input(node)
         if order is not None and isinstance(source, Node):
-            if source in self.forms and len(shape_of(source)) == layout.rank:
+            if source in self.forms:  # a permute keeps the rank: the source's form is in this layout
                 with self.graph.inserting_before(node):
                     self._replace(node, layout.permuted(self.graph, self.forms[source], order))
             elif layout.cancels(order):
@@ -644,7 +646,7 @@ class Rewriter:
             if form is None:
                 return None
         elif (kind := P.op_kind(node, self.modules)) is P.Kind.ACROSS_FEATURES:
-            if source not in self.forms or len(shape_of(source)) != layout.rank:
+            if source not in self.forms:
                 return None
             weight, bias, eps = P.layer_norm_parts(node, self.modules)
             with self.graph.inserting_before(node):

@@ -202,6 +202,24 @@ def test_operands_broadcasting_against_tokens_are_entered_alike():
     assert_same_outputs(module, model, x, mask)
 
 
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_a_weight_that_an_activation_also_reads_stays_a_weight(capture):
+    """``y + w`` lays ``w`` out for the conv layout; ``y @ w.t()`` must still see ``w.t()`` as a weight."""
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.w = nn.Linear(4, 4), nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x):
+            return (self.fc(x) + self.w) @ self.w.t()
+
+    model, x = Tied().eval(), torch.randn(4, 4)
+    module, report = fxconv.convert(model, x, scope="all", capture=capture, strict=True)
+    assert len(report.converted) == 2 and not linear_calls(module)
+    assert_same_outputs(module, model, x)
+
+
 def test_inplace_activations_keep_their_meaning():
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Linear(8, 4), nn.Hardswish(inplace=True)).eval()
     x = torch.randn(2, 5, 8)
