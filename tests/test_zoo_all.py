@@ -58,9 +58,15 @@ def test_every_linear_of_a_family_becomes_a_convolution(name, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = make().eval()
+    with torch.no_grad():  # zero-initialised heads (torchvision's ViT) would make every output 0 = 0
+        for p in model.parameters():
+            if p.dim() > 1 and not p.any():
+                p.normal_(0, 0.02)
     x = torch.randn(2, 3, size, size)
     module, report = fxconv.convert(model, x, scope="all", strict=True)
     assert len(report.converted) == linears, str(report)
+    with torch.no_grad():
+        assert model(x).abs().amax() > 0  # a comparison of zeros would prove nothing
     assert_same_outputs(module, model, x, scaled=True)
 
     # Layout changes: ConvNeXt's permutes cancel; elsewhere fewer than wrapping each Linear would add.
