@@ -38,6 +38,7 @@ from pathlib import Path
 
 import importlib.util
 
+import onnx
 import torch
 import torchvision
 from torch import nn
@@ -77,6 +78,21 @@ def _head(channels: int, size: int, widths: tuple[int, ...]) -> nn.Module:
             layers += [nn.ReLU(), nn.Dropout()]
         features = width
     return nn.Sequential(*layers)
+
+
+def onnx_files(tiny: bool, parts: set[str]) -> dict[str, tuple[callable, tuple[int, ...], bool]]:
+    """name -> (factory of the model the file is exported from, shape of one input item, quantised)."""
+    if tiny:
+        return {"tiny head file": (lambda: _head(8, 3, (32, 10)), (8, 3, 3), False),
+                "tiny head qdq file": (lambda: _head(8, 3, (32, 10)), (8, 3, 3), True)}  # fmt: skip
+    if "onnx" not in parts:
+        return {}
+    head = lambda: _head(512, 7, (4096, 4096, 1000))  # noqa: E731
+    return {
+        "vgg16 head file": (head, (512, 7, 7), False),
+        "vgg16 head qdq file": (head, (512, 7, 7), True),
+        "resnet18 qdq file": (lambda: torchvision.models.resnet18(weights=None), (3, 224, 224), True),
+    }
 
 
 def models(tiny: bool, parts: set[str]) -> dict[str, tuple[callable, tuple[int, ...], dict]]:
@@ -174,20 +190,77 @@ def bench_model(name, factory, item_shape, variants, batches, rounds, threads, f
             every = {r: {v: (lambda s=s: s.run(feed)) for v, s in sessions[r].items()} for r in FILE_RUNTIMES}
             every["pytorch"] = {v: (lambda m=m: m(x)) for v, m in modules.items()}
             for runtime, runners in every.items():
-                times = interleaved(runners, rounds)
-                for variant in modules:
-                    if variant == "original":
-                        continue
-                    rows.append({
-                        "model": name, "runtime": runtime, "batch": batch, "variant": variant,
-                        "original_ms": 1e3 * statistics.median(times["original"]),
-                        "converted_ms": 1e3 * statistics.median(times[variant]),
-                        **ratios(times, variant),
-                        "max_abs_diff": diffs[runtime, variant],
-                        **setup[variant],
-                    })  # fmt: skip
+                rows += timed_rows(name, runtime, batch, runners, rounds, diffs, setup)
                 progress.step(f"{name} batch {batch} {runtime}")
     return rows
+
+
+def timed_rows(name, runtime, batch, runners, rounds, diffs, setup) -> list[dict]:
+    """Time the original and each variant interleaved; one row per variant."""
+    times = interleaved(runners, rounds)
+    return [
+        {
+            "model": name, "runtime": runtime, "batch": batch, "variant": variant,
+            "original_ms": 1e3 * statistics.median(times["original"]),
+            "converted_ms": 1e3 * statistics.median(times[variant]),
+            **ratios(times, variant),
+            "max_abs_diff": diffs[runtime, variant],
+            **setup[variant],
+        }
+        for variant in runners
+        if variant != "original"
+    ]  # fmt: skip
+
+
+def bench_onnx_file(name, factory, item_shape, quantized, batches, rounds, threads, folder: Path, progress) -> list[dict]:
+    """An ONNX file as users hold it (the TorchScript exporter's Flatten → Gemm, opset 13; quantised to
+    QDQ int8 per channel if asked) against ``convert_onnx``'s rewrite of it, in each runtime."""
+    torch.manual_seed(0)
+    slug = name.replace(" ", "_")
+    original = folder / f"{slug}.onnx"
+    example = torch.randn(2, *item_shape)
+    torch.onnx.export(factory().eval(), (example,), original, dynamo=False, opset_version=13, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "N"}, "output": {0: "N"}})  # fmt: skip
+    if quantized:
+        original = quantize_qdq(original, folder / f"{slug}_qdq.onnx", item_shape)
+    files, setup = {"original": original}, {}
+    for method in ("kernel", "1x1"):
+        start = time.perf_counter()
+        converted, _ = fxconv.convert_onnx(original, method, strict=True)
+        middle = time.perf_counter()
+        files[f"onnx {method}"] = folder / f"{slug}_{method}.onnx"
+        onnx.save(converted, files[f"onnx {method}"])
+        setup[f"onnx {method}"] = {"convert_s": middle - start, "export_s": time.perf_counter() - middle}
+    rows = []
+    for runtime in FILE_RUNTIMES:
+        sessions = {variant: open_session(path, runtime, threads=threads) for variant, path in files.items()}
+        for batch in batches:
+            feed = [torch.randn(batch, *item_shape).numpy()]
+            want = sessions["original"].run(feed)[0]
+            diffs = {(runtime, v): float(abs(s.run(feed)[0] - want).max()) for v, s in sessions.items()}
+            runners = {v: (lambda s=s: s.run(feed)) for v, s in sessions.items()}
+            rows += timed_rows(name, runtime, batch, runners, rounds, diffs, setup)
+            progress.step(f"{name} batch {batch} {runtime}")
+    return rows
+
+
+def quantize_qdq(path: Path, out: Path, item_shape, samples: int = 8) -> Path:
+    """``onnxruntime.quantization.quantize_static``: QDQ, int8 weights per channel, uint8 activations."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            generator = torch.Generator().manual_seed(0)
+            self.batches = iter([{"input": torch.randn(1, *item_shape, generator=generator).numpy()} for _ in range(samples)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quant_pre_process(str(path), str(out))
+    quantize_static(str(out), str(out), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)  # fmt: skip
+    return out
 
 
 def bench_dense(name, rounds, threads) -> dict:
@@ -284,6 +357,7 @@ def plot(rows: list[dict], dense: list[dict], path: Path, threads: int) -> bool:
         ("OpenVINO (f32): heads, batched layout", "openvino", lambda r: "batched" in r["variant"]),
         ("onnxruntime: every Linear (scope='all') vs peer layouts", "onnxruntime", every_linear),
         ("OpenVINO (f32): every Linear vs peer layouts", "openvino", every_linear),
+        ("onnxruntime: ONNX files in (convert_onnx), float and QDQ int8", "onnxruntime", lambda r: r["variant"].startswith("onnx ")),
     ]
     # Only the panels this run has rows for (``--only`` runs a part), three to a row.
     panels = [(title, [r for r in rows if r["runtime"] == runtime and keep(r)]) for title, runtime, keep in panels]
@@ -371,7 +445,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="whole models at batch 32, heads at 128, more rounds")
     parser.add_argument("--tiny", action="store_true", help="small stand-in models: proves the script runs")
-    parser.add_argument("--only", choices=("models", "scope", "dense", "memory"), help="run one part (writes bench-PART.json)")
+    parser.add_argument("--only", choices=("models", "scope", "onnx", "dense", "memory"), help="run one part (writes bench-PART.json)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replot", type=Path, metavar="BENCH.json", help="redraw the plot of a finished run beside it")
     parser.add_argument("--out", type=Path, default=HERE / "scratch",
@@ -387,8 +461,8 @@ def main(argv=None) -> int:
     batches = (1,) if args.tiny else (1, 8, 32)
     rounds = 3 if args.tiny else 9 if args.full else 5
     args.out.mkdir(parents=True, exist_ok=True)
-    parts = {args.only} if args.only else {"models", "scope", "dense", "memory"} - ({"dense", "memory"} if args.tiny else set())
-    zoo = models(args.tiny, parts)
+    parts = {args.only} if args.only else {"models", "scope", "onnx", "dense", "memory"} - ({"dense", "memory"} if args.tiny else set())
+    zoo, files = models(args.tiny, parts), onnx_files(args.tiny, parts)
     dense_models = ("resnet18", "vgg16") if "dense" in parts else ()
     # Whole models at batch 32 with --full only, and batch 128 for the heads alone: a whole vgg16 takes
     # seconds a run at batch 32 on 2 cores, most of a minute at 128.
@@ -400,11 +474,16 @@ def main(argv=None) -> int:
             plan[name] = batches[:2]  # batch 1 and 8: what the NPU users run
         else:
             plan[name] = batches if args.full else batches[:2]
-    progress = Progress(sum((1 + len(FILE_RUNTIMES)) * len(b) for b in plan.values()) + len(dense_models))
+    for name, (_, _, quantized) in files.items():  # QDQ files at batch 1 and 8: what the NPU users run
+        plan[name] = batches[:2] if quantized else batches
+    progress = Progress(sum((1 + len(FILE_RUNTIMES)) * len(plan[n]) for n in zoo) + sum(len(FILE_RUNTIMES) * len(plan[n]) for n in files)
+                        + len(dense_models))  # fmt: skip
     rows, dense = [], []
     with tempfile.TemporaryDirectory() as folder:
         for name, (factory, shape, variants) in zoo.items():
             rows += bench_model(name, factory, shape, variants, plan[name], rounds, args.threads, Path(folder), progress)
+        for name, (factory, shape, quantized) in files.items():
+            rows += bench_onnx_file(name, factory, shape, quantized, plan[name], rounds, args.threads, Path(folder), progress)
     for name in dense_models:
         dense.append(bench_dense(name, 3, args.threads))
         progress.step(f"dense {name}")

@@ -29,6 +29,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that is not ins
 _LAZY = {  # public name: the module that defines it
     "ConvertResult": "_convert",
     "convert": "_convert",
+    "convert_onnx": "_onnx",
     "OnnxCheck": "check",
     "check_onnx": "check",
     "load_onnx": "check",
@@ -67,6 +68,7 @@ __all__ = [
     "TraceError",
     "check_onnx",
     "convert",
+    "convert_onnx",
     "export_onnx",
     "load_onnx",
     "op_census",

@@ -44,6 +44,14 @@ def tidy(model: ir.Model) -> ir.Model:
     fold_constants(model, should_fold=lambda node: True if node.op_type in _RELAYOUT_OPS else None)
     ir_passes.RemoveUnusedNodesPass()(model)  # drops the weights that were folded away
     _name_after(graph, weights)
+    simplify_moves(model)
+    ir_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    return model
+
+
+def simplify_moves(model: ir.Model) -> None:
+    """The shape rules above: Transposes of size-1 axes as Reshapes, Reshape chains collapsed, unit strides."""
+    graph = model.graph
     for node in list(graph):
         if node.op_type == "Transpose" and _moves_unit_axes(node):
             _as_reshape(graph, node)
@@ -53,8 +61,6 @@ def tidy(model: ir.Model) -> ir.Model:
         elif node.op_type == "Conv":
             _unit_strides(node)
     ir_passes.RemoveUnusedNodesPass()(model)
-    ir_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-    return model
 
 
 def _relaid_weights(graph: ir.Graph) -> dict[str, str]:

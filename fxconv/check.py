@@ -17,7 +17,9 @@ layout is off by the order of the output itself in every dtype.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,8 +171,8 @@ def _openvino(path: str, threads: int | None) -> Session:
 
 def check_onnx(
     path: str | os.PathLike,
-    reference: nn.Module | ExportedProgram,
-    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    reference: nn.Module | ExportedProgram | str | os.PathLike | onnx.ModelProto,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     *,
     runtime: str = "onnxruntime",
     batch_sizes: tuple[int, ...] | None = None,
@@ -178,19 +180,68 @@ def check_onnx(
     atol: float | None = None,
     seed: int = 0,
 ) -> OnnxCheck:
-    """Run the ONNX file in ``runtime`` and ``reference`` (in eval mode) on the same random inputs; compare.
+    """Run the ONNX file in ``runtime`` and ``reference`` on the same random inputs; compare.
 
-    ``batch_sizes`` defaults to 1 and one size larger than the example's batch (the file's own batch
-    if it is static). ``rtol``/``atol`` default to the example's dtype (:func:`tolerance`). A missing,
-    corrupt or interface-mismatched file, or one the runtime cannot run (float64 convolutions in
-    onnxruntime), raises :class:`OnnxError`; differing numbers give ``passed=False``.
+    ``reference`` is a PyTorch model (run in eval mode) or another ONNX file — a path or a ModelProto,
+    run in the same runtime (as when proving ``convert_onnx``'s output equal to its input). Without
+    ``example_inputs`` they are made from the reference file's declared input shapes and types, which
+    must be static but for the batch. ``batch_sizes`` defaults to 1 and one size larger than the
+    example's batch (the file's own batch if it is static). ``rtol``/``atol`` default to the example's
+    dtype (:func:`tolerance`). A missing, corrupt or interface-mismatched file, or one the runtime cannot
+    run (float64 convolutions in onnxruntime), raises :class:`OnnxError`; differing numbers give
+    ``passed=False``.
     """
-    example = as_tuple(example_inputs)
+    with contextlib.ExitStack() as stack:
+        run_reference, reference_file = _reference(reference, runtime, stack)
+        if example_inputs is None:
+            if reference_file is None:
+                raise InvalidArgumentError("check_onnx needs example_inputs to run a PyTorch reference model")
+            example_inputs = _declared_example(reference_file)
+        return _compare(path, run_reference, as_tuple(example_inputs), runtime, batch_sizes, rtol, atol, seed)
+
+
+def _reference(reference, runtime: str, stack: contextlib.ExitStack):
+    """(a call from input tensors to output tensors, the reference's ModelProto if it is a file, else None)."""
+    if isinstance(reference, ExportedProgram):
+        reference = reference.module()
+    if isinstance(reference, nn.Module):
+
+        def run_module(inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+            with torch.no_grad(), eval_mode(reference):
+                return _tensors(reference(*inputs))
+
+        return run_module, None
+    if isinstance(reference, onnx.ModelProto):
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="fxconv-reference-"))
+        model, reference = reference, Path(folder) / "reference.onnx"
+        onnx.save(model, reference, save_as_external_data=model.ByteSize() >= 2**31 - 2**20)
+    elif isinstance(reference, (str, os.PathLike)):
+        model = load_onnx(reference)
+    else:
+        raise InvalidArgumentError(f"reference must be an nn.Module, an ExportedProgram or an ONNX file, not {type(reference).__name__}")
+    session = open_session(reference, runtime)
+    return (lambda inputs: [torch.from_numpy(a) for a in session.run([t.numpy() for t in inputs])]), model
+
+
+def _declared_example(model: onnx.ModelProto) -> tuple[torch.Tensor, ...]:
+    """Zeros shaped as the model's declared inputs (a free batch dim as 1); an error if other dims are free."""
+    initializers = {i.name for i in model.graph.initializer}
+    tensors = []
+    for value in (v for v in model.graph.input if v.name not in initializers):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if None in dims[1:] or not dims:
+            raise InvalidArgumentError(
+                f"input {value.name!r} of the reference file has free dims {dims} beyond the batch: pass example_inputs"
+            )
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        tensors.append(torch.from_numpy(np.zeros([dims[0] or 1, *dims[1:]], dtype)))
+    return tuple(tensors)
+
+
+def _compare(path, run_reference, example, runtime, batch_sizes, rtol, atol, seed) -> OnnxCheck:
     floats = [t.dtype for t in example if t.is_floating_point()]
     default_rtol, default_atol = max((tolerance(d) for d in floats), default=(RTOL, ATOL))
     rtol, atol = default_rtol if rtol is None else rtol, default_atol if atol is None else atol
-    if isinstance(reference, ExportedProgram):
-        reference = reference.module()
     model = load_onnx(path)
     ops = op_census(model)
     refusal = runtime_refusal(_file_dtypes(model), runtime) if "Conv" in ops else None
@@ -205,8 +256,7 @@ def check_onnx(
     passed = True
     for n in sizes:
         inputs = tuple(_random_like(t, n, generator) for t in example)
-        with torch.no_grad(), eval_mode(reference):
-            want = _tensors(reference(*inputs))
+        want = run_reference(inputs)
         got = session.run([t.numpy() for t in inputs])
         if len(got) != len(want):
             raise OnnxError(f"{path} has {len(got)} outputs, the reference model returns {len(want)}")

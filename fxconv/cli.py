@@ -4,6 +4,7 @@
     fxconv convert mypkg.models:make_net --input-shape 1,3,96,96 --method 1x1 -o net.onnx --report r.json
     fxconv convert "efficientnet_pytorch:EfficientNet.from_name('efficientnet-b0')" -o b0.onnx
     fxconv convert timm:resnet18 -o r18.onnx;  fxconv convert model.pt2 -o model.onnx
+    fxconv convert vendor_int8.onnx -o vendor_int8_conv.onnx   # an ONNX file's Gemm/MatMul Linears (float or QDQ)
     fxconv inspect resnet50.onnx
 
     fxconv convert torchvision:alexnet --batch 1 --opset 13 --runtime openvino -o alexnet_npu.onnx
@@ -28,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,7 +39,6 @@ from .errors import FxconvError, InvalidArgumentError
 from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES, SCOPES
 
 if TYPE_CHECKING:
-    import onnx
 
     from .report import Report
 
@@ -59,10 +61,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "model", metavar="MODEL",
         help="torchvision:NAME, timm:NAME, package.module:Factory(args) (literal arguments, dotted names), "
-        "a torch.export.save file (.pt2), or a torch.save(model) file",
+        "a torch.export.save file (.pt2), a torch.save(model) file, or an ONNX file (.onnx) to rewrite",
     )
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
-    c.add_argument("--input-shape", default="1,3,224,224", metavar="N,C,H,W", help="example input shape (default 1,3,224,224)")
+    c.add_argument("--input-shape", metavar="N,C,H,W",
+                   help="example input shape (default 1,3,224,224; for an .onnx MODEL, its declared input shape)")
     c.add_argument("--method", default="kernel", choices=METHODS, help="default kernel")
     c.add_argument("--scope", default="heads", choices=SCOPES,
                    help="heads: Linears fed by a flattened or pooled map (default); all: every Linear, as 1x1 "
@@ -118,35 +121,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    shape = _parse_shape(args.input_shape)
     for path in filter(None, (args.output, args.report)):
         _check_writable(path, args.force)
     if not args.no_check and importlib.util.find_spec(args.runtime) is None:
         raise InvalidArgumentError(f"--runtime {args.runtime}: it is not installed (pip install 'fxconv[{args.runtime}]')")
-    import torch  # imported here, not at the top: `fxconv --help` answers without it
-
-    from ._convert import convert
-    from ._load import load_model, model_dtype
     from ._util import versions
-    from .check import check_onnx, load_onnx, op_census, runtime_refusal, weight_products
-    from .export import OPSETS, export_onnx
-
-    if args.opset is not None and args.opset not in OPSETS:
-        raise InvalidArgumentError(f"--opset {args.opset}: fxconv writes opsets {OPSETS[0]} to {OPSETS[-1]}")
+    from .check import check_onnx, load_onnx, op_census, weight_products
 
     timings: dict[str, float] = {}
-    with _step("loading the model", timings, "load"):
-        model = load_model(args.model, args.state_dict, args.allow_pickle)
-        dtype = model_dtype(model)
-        refusal = None if args.no_check else runtime_refusal({dtype}, args.runtime)
-        if refusal:
-            raise InvalidArgumentError(f"the model is {dtype}: {refusal}")
-        example = torch.randn(shape, dtype=dtype)
-    with _step("tracing and converting", timings, "convert"):
-        module, report = convert(
-            model, example, args.method, scope=args.scope, layout=args.layout, dense=args.dense,
-            approximate=args.approximate, capture=args.capture,
-        )
+    source = (_from_onnx if args.model.lower().endswith(".onnx") else _from_pytorch)(args, timings)
+    report = source.report
     print(report)
     if not report.converted:
         print("fxconv: note: no Linear was converted; the file will hold the model as it was", file=sys.stderr)
@@ -156,30 +140,29 @@ def _convert(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
         staged = Path(staging) / args.output.name
-        with _step("exporting the converted model to ONNX", timings, "export"):
-            export_onnx(module, example, staged, batch=args.batch, opset=args.opset, dynamic_spatial=args.dense)
+        with _step(source.writing, timings, "export"):
+            source.write(staged)
         written_model = load_onnx(staged)
         ops, products = op_census(written_model), weight_products(written_model)
         print(_census_table(ops, report, products))
         check = None
         if not args.no_check:
-            # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose
-            # output at the example's size convert() proves equal to the original's logits.
-            reference, name = (module, "the dense PyTorch model") if args.dense else (model, "the original")
-            with _step(f"checking with {args.runtime} against {name}", timings, "check"):
-                check = check_onnx(staged, reference, example, runtime=args.runtime)
+            with _step(f"checking with {args.runtime} against {source.reference_name}", timings, "check"):
+                check = check_onnx(staged, source.reference, source.example, runtime=args.runtime)
             print(check)
         written = check is None or check.passed
         _Interrupts.raise_if_seen()
         if written:
             _check_writable(args.output, args.force)  # again: the file may have appeared meanwhile
+            if Path(f"{staged}.data").exists():  # external weights first: the model never names a missing file
+                os.replace(f"{staged}.data", f"{args.output}.data")
             os.replace(staged, args.output)
     print(f"timings: {', '.join(f'{k} {v:.1f} s' for k, v in timings.items())}")
 
     if args.report:
         document = {
             "model": args.model,
-            "input_shape": list(shape),
+            "input_shape": source.input_shape,
             "output": str(args.output) if written else None,
             **report.to_dict(),
             "onnx": {"batch": args.batch, "opset": written_model.opset_import[0].version, "ops": ops,
@@ -194,6 +177,85 @@ def _convert(args: argparse.Namespace) -> int:
         return EXIT_CHECK_FAILED
     print(f"wrote {args.output}")
     return EXIT_OK
+
+
+@dataclass
+class _Source:
+    """A converted model, ready to be written and checked."""
+
+    report: Report
+    write: Callable[[Path], object]  # writes the ONNX file at the given path
+    writing: str  # what writing it is, for people
+    reference: object  # what the check runs it against
+    reference_name: str
+    example: object  # the check's example inputs (None: from the reference file's declared shapes)
+    input_shape: list[int] | None
+
+
+def _from_pytorch(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
+    """Load a PyTorch model and convert it (``write`` then exports it)."""
+    shape = _parse_shape(args.input_shape or "1,3,224,224")
+    import torch  # imported here, not at the top: `fxconv --help` answers without it
+
+    from ._convert import convert
+    from ._load import load_model, model_dtype
+    from .check import runtime_refusal
+    from .export import OPSETS, export_onnx
+
+    if args.opset is not None and args.opset not in OPSETS:
+        raise InvalidArgumentError(f"--opset {args.opset}: fxconv writes opsets {OPSETS[0]} to {OPSETS[-1]}")
+    with _step("loading the model", timings, "load"):
+        model = load_model(args.model, args.state_dict, args.allow_pickle)
+        dtype = model_dtype(model)
+        refusal = None if args.no_check else runtime_refusal({dtype}, args.runtime)
+        if refusal:
+            raise InvalidArgumentError(f"the model is {dtype}: {refusal}")
+        example = torch.randn(shape, dtype=dtype)
+    with _step("tracing and converting", timings, "convert"):
+        module, report = convert(
+            model, example, args.method, scope=args.scope, layout=args.layout, dense=args.dense,
+            approximate=args.approximate, capture=args.capture,
+        )
+    # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose output at
+    # the example's size convert() proves equal to the original's logits.
+    reference, name = (module, "the dense PyTorch model") if args.dense else (model, "the original")
+    return _Source(
+        report, lambda path: export_onnx(module, example, path, batch=args.batch, opset=args.opset, dynamic_spatial=args.dense),
+        "exporting the converted model to ONNX", reference, name, example, list(shape),
+    )
+
+
+def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
+    """Convert an ONNX file (never modified; ``write`` saves the result)."""
+    given = {"--batch": args.batch, "--opset": args.opset, "--dense": args.dense, "--approximate": args.approximate,
+             "--state-dict": args.state_dict, "--allow-pickle": args.allow_pickle,
+             "--capture": args.capture != "auto"}
+    wrong = [option for option, value in given.items() if value]
+    if wrong:
+        raise InvalidArgumentError(
+            f"{', '.join(wrong)}: not for an ONNX input, whose batch, opset and graph the conversion keeps"
+        )
+    import onnx
+
+    from ._onnx import convert_onnx
+    from .check import load_onnx
+
+    with _step("loading the ONNX file", timings, "load"):
+        original = load_onnx(args.model)
+    with _step("converting", timings, "convert"):
+        converted, report = convert_onnx(original, args.method, scope=args.scope, layout=args.layout or "folded")
+    example = None
+    if args.input_shape:  # for files whose declared inputs have free dims beyond the batch
+        import torch
+
+        example = torch.randn(_parse_shape(args.input_shape))
+
+    def write(path: Path) -> None:
+        large = converted.ByteSize() >= 2**31 - 2**20  # protobuf's limit, less room for the graph
+        onnx.save(converted, path, save_as_external_data=large, location=f"{path.name}.data")
+
+    shape = list(_parse_shape(args.input_shape)) if args.input_shape else None
+    return _Source(report, write, "writing the converted ONNX file", args.model, f"the original {args.model}", example, shape)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

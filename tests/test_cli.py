@@ -381,3 +381,31 @@ def test_an_interrupt_inside_a_finalizer_stops_the_run_in_one_line(workdir):
     assert result.returncode == 130 and "Exception ignored" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == "fxconv: interrupted; nothing was written"
     assert sorted(p.name for p in workdir.iterdir()) == ["nets.py"]
+
+
+def test_an_onnx_file_is_rewritten_checked_and_left_as_it_was(workdir):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 10), nn.ReLU(), nn.Linear(10, 5))
+    torch.onnx.export(model.eval(), (torch.randn(1, 3, 16, 16),), workdir / "in.onnx", dynamo=False, opset_version=13,
+                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    before = (workdir / "in.onnx").read_bytes()
+    result = fxconv_cli("convert", "in.onnx", "-o", "out.onnx", "--report", "r.json", "--strict", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "check PASSED" in result.stdout and "against the original in.onnx" in result.stderr
+    assert "Gemm/MatMul reading a weight: 0" in result.stdout and "<- 2 replace Linears" in result.stdout
+    assert (workdir / "in.onnx").read_bytes() == before
+    written = fxconv.load_onnx(workdir / "out.onnx")
+    assert "Gemm" not in fxconv.op_census(written) and written.opset_import[0].version == 13
+    report = json.loads((workdir / "r.json").read_text())
+    assert [c["name"] for c in report["converted"]] == ["3.weight", "5.weight"] and report["check"]["passed"]
+
+    again = fxconv_cli("convert", "in.onnx", "-o", "out.onnx", cwd=workdir)
+    assert again.returncode == 2 and "out.onnx exists; pass --force" in again.stderr
+    for args, message in [
+        (["in.onnx", "--batch", "1"], "--batch: not for an ONNX input"),
+        (["absent.onnx"], "no ONNX file at absent.onnx"),
+        (["corrupt.onnx"], "corrupt.onnx is not a valid ONNX model"),
+    ]:
+        (workdir / "corrupt.onnx").write_bytes(b"not onnx")
+        refused = fxconv_cli("convert", *args, "-o", "b.onnx", cwd=workdir)
+        assert refused.returncode == 2 and message in refused.stderr.splitlines()[-1], refused.stderr
+        assert "Traceback" not in refused.stderr and not (workdir / "b.onnx").exists()
