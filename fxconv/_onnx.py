@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ _UNARY = frozenset({
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum"})  # element-wise, broadcasting
 _WITH_SCALARS = frozenset({"Clip", "QuantizeLinear", "DequantizeLinear", "Dropout"})  # extra inputs: single values
 _REDUCTIONS = frozenset({"ReduceMean", "ReduceMax"})  # a global one of these is a flatten of an (N, C, 1, ...) map
+_CHANNEL_OPS = frozenset({"LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"})  # over the last dim
 _QOPERATOR = frozenset({"QLinearMatMul", "MatMulInteger", "QGemm"})
 
 
@@ -102,13 +104,11 @@ def convert_onnx(
         proto = model
     else:
         raise InvalidArgumentError(f"model must be an ONNX file's path or an onnx.ModelProto, not {type(model).__name__}")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception as e:
-        raise OnnxError(f"onnx shape inference fails on the model: {' '.join(str(e).split())[:300]}") from e
-    graph_model = ir.from_proto(inferred)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)  # the IR keeps the proto's tensors, and renaming a value renames its tensor
+    graph_model = ir.from_proto(copy)
     report = Report(method=method, scope=scope, layout=layout, capture="ONNX")
-    _OnnxRewriter(graph_model, method, layout, scope, report).run()
+    _OnnxRewriter(graph_model, method, layout, scope, report, _inferred_shapes(proto)).run()
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     if report.converted and _static_inputs(graph_model.graph):
@@ -160,20 +160,66 @@ def _constant(value: ir.Value | None) -> _Const | None:
     return None if array is None else _Const(value, value, array)
 
 
+def _from_constants(value: ir.Value, depth: int = 8) -> bool:
+    """Whether ``value`` is computed by nodes from constants alone (a Transpose of a weight, say)."""
+    producer = value.producer()
+    if producer is None or depth == 0 or not producer.inputs:
+        return False
+    return all(v is None or _numbers(v) is not None or _from_constants(v, depth - 1) for v in producer.inputs)
+
+
 def _numbers(value: ir.Value | None) -> np.ndarray | None:
+    """A constant's numbers, also through Identity nodes (the TorchScript exporter shares equal
+    initializers that way: a zero bias may be ``Identity(features.3.fc1.bias)``)."""
+    while value is not None and (producer := value.producer()) is not None and producer.op_type == "Identity":
+        value = producer.inputs[0]
     tensor = ir.convenience.get_const_tensor(value) if value is not None else None
     return None if tensor is None else tensor.numpy()
 
 
-def _shape(value: ir.Value | None) -> tuple[int | str | None, ...] | None:
-    """A value's inferred dims (ints, or a name/None where free), or None if unknown."""
-    if value is None or value.shape is None:
-        return None
-    return tuple(d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None) for d in value.shape)
+def _inferred_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Every value's dims by name: an int where fixed, None where free.
+
+    ONNX's shape inference loses dims behind a Reshape whose shape is computed at run time from a free
+    dim (the TorchScript exporter's transformers, Swin's window partition); when it leaves a Linear's
+    dims unknown, onnxruntime's symbolic shape inference, which follows such arithmetic, fills them in.
+    """
+    shapes = _infer(proto)
+    def known(name: str) -> bool:  # the features, the last dim, fixed
+        return bool(shapes.get(name)) and shapes[name][-1] is not None
+
+    if all(known(n.input[0]) and known(n.output[0]) for n in proto.graph.node if n.op_type in ("Gemm", "MatMul")):
+        return shapes
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    quiet = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    level, quiet.level = quiet.level, logging.ERROR  # it warns of every dim it merges
+    try:
+        symbolic = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+    except Exception:  # it is a fallback: without it the Linears it would have shaped are reported
+        return shapes
+    finally:
+        quiet.setLevel(level)
+    better = {name: dims for name, dims in _dims(symbolic.graph).items()
+              if name not in shapes or dims.count(None) < shapes[name].count(None)}  # fmt: skip
+    return shapes | better
 
 
-def _static_inputs(graph: ir.Graph) -> bool:
-    return all(v.shape is not None and v.shape.is_static() for v in graph.inputs)
+def _infer(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    try:
+        return _dims(onnx.shape_inference.infer_shapes(proto, data_prop=True).graph)
+    except Exception as e:
+        raise OnnxError(f"onnx shape inference fails on the model: {' '.join(str(e).split())[:300]}") from e
+
+
+def _dims(graph: onnx.GraphProto) -> dict[str, tuple[int | None, ...]]:
+    """The dims a graph's value_info, inputs, outputs and initializers declare."""
+    shapes = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    return shapes | {initializer.name: tuple(initializer.dims) for initializer in graph.initializer}
 
 
 # -- the layouts -------------------------------------------------------------------------------------
@@ -231,8 +277,9 @@ def _conv_weight(matrix: np.ndarray, features: tuple[int, ...], perm: tuple[int,
 class _OnnxRewriter:
     """Plan every Linear, then walk the graph once in order, laying inputs out and placing Convs."""
 
-    def __init__(self, model: ir.Model, method: str, layout: str, scope: str, report: Report):
+    def __init__(self, model: ir.Model, method: str, layout: str, scope: str, report: Report, shapes: dict):
         self.graph = model.graph
+        self.shapes = {v: shapes[v.name] for v in _all_values(self.graph) if v.name in shapes}  # inferred dims
         self.method, self.folded, self.scope, self.report = method, layout == "folded", scope, report
         self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
         self.forms: dict[ir.Value, tuple[ir.Value, _Layout]] = {}  # a value -> its conv form and layout
@@ -240,6 +287,8 @@ class _OnnxRewriter:
         self.sources: dict[ir.Value, tuple[_Layout, ir.Value, tuple[int, ...]]] = {}
         self.origins: dict[ir.Node, tuple[int, ...]] = {}  # a head's Linear -> the (C, *S) it reads
         self.chain: set[ir.Node] = set()  # movable ops between a flatten and a head's Linear
+        self.replaced: dict[ir.Value, ir.Value] = {}  # a value the walk replaced -> what its readers read now
+        self.entries: set[ir.Value] = set()  # values entered into their conv layout where first read (scope "all")
         self.relaid: dict[tuple, ir.Value] = {}  # (stored weight, how it is laid out) -> the Conv's weight
         self.names = {v.name for v in _all_values(self.graph)} | {n.name for n in self.graph.all_nodes()}
         self.anchor: ir.Node | None = None  # new nodes go before this one
@@ -250,14 +299,23 @@ class _OnnxRewriter:
         linears = self._plan()
         for node in list(self.graph):
             self.anchor = node
+            for value in node.inputs:
+                if value in self.entries and value not in self.forms:
+                    self._entered(value)
             if node in linears:
                 self._convert(linears[node])
             elif self._movable(node):
                 self._move(node)
+            elif self.scope == "all" and node.op_type == "Transpose":
+                self._free_form(node)
         for node in reversed(list(self.graph)):  # what the rewrite left unread (nodes dead before stay)
             if node not in dead_before and not any(v.uses() or v.is_graph_output() for v in node.outputs):
                 self.graph.remove(node, safe=True)
         self._name_weights(used_before)
+
+    def _shape(self, value: ir.Value | None) -> tuple[int | None, ...] | None:
+        """A value's inferred dims (None where free), or None if unknown."""
+        return self.shapes.get(value)
 
     # -- planning: which Linears convert, and from where ----------------------------------------
 
@@ -296,6 +354,10 @@ class _OnnxRewriter:
             if x is not None:
                 return self._skip(name, "constant-left", f"its constant is the left operand of the {node.op_type}: "
                                   "it mixes the positions, not the features")
+            computed = next((v for v in inputs[:2] if _from_constants(v)), None)
+            if computed is not None:
+                return self._skip(name, "computed-weight", f"its operand {computed.name!r} is computed from constants "
+                                  "by nodes: fold constants first (onnxsim, onnxscript's optimizer)")
             return None  # activation times activation (attention scores): not a Linear
         if x is not None:
             return self._skip(name, "constant-only", "both operands are constants: constant folding removes it")
@@ -317,7 +379,7 @@ class _OnnxRewriter:
         elif len(output.uses()) == 1 and not output.is_graph_output():
             add, index = next(iter(output.uses()))
             other = _constant(add.inputs[1 - index]) if add.op_type == "Add" and len(add.inputs) == 2 else None
-            if other is not None and other.array.size == out and other.array.shape[-1] == out and other.array.ndim <= 2:
+            if other is not None and other.array.size == out and self._shape(add.outputs[0]) == self._shape(output):
                 bias, output = other, add.outputs[0]
         call = _Linear(node, output, inputs[0], w, transposed, bias, alpha, beta, name)
         refusal = _weight_refusal(call)
@@ -325,17 +387,17 @@ class _OnnxRewriter:
 
     def _route(self, call: _Linear, converted: dict[ir.Value, int]) -> tuple[str, str] | None:
         """Plan where the Linear's input comes from; a (code, reason) if it does not convert."""
-        shape = _shape(call.input)
-        if shape is None or _shape(call.output) is None:
+        shape = self._shape(call.input)
+        if shape is None or self._shape(call.output) is None:
             return "no-shape", "ONNX shape inference found no shape for its input or output"
-        if not all(isinstance(d, int) for d in shape[1:]):
-            return "no-shape", f"its input has free dims {shape} beyond the batch: the Conv weight needs them fixed"
+        if len(shape) < 2 or not isinstance(shape[-1], int):
+            return "no-shape", f"its input's features, the last of its dims {shape}, are not known"
         if len(shape) == 2:
             chain: set[ir.Node] = set()
             root = self._walk(call.input, shape, converted, chain, {})
             if root is None:
                 if self.scope == "all":
-                    return None  # at every position: the (N, C) vector layout
+                    return self._plan_entry(call.input, converted)  # at every position: the (N, C) vector layout
                 producer = call.input.producer()
                 return "not-flattened", (
                     f"its input comes from {_describe(producer)}, which is neither a flatten of a feature map "
@@ -354,7 +416,22 @@ class _OnnxRewriter:
             )
         if layout_for(len(shape), self.folded) is None:
             return "rank", f"its input is {len(shape)}-D: there is no conv{len(shape) - 2}d for its positions"
-        return None
+        return self._plan_entry(call.input, converted)
+
+    def _plan_entry(self, value: ir.Value, converted) -> None:
+        """Plan where a Linear's input that has no conv form enters its layout: before the LayerNorms and
+        element-wise ops that lead to it (``fc1(norm(x))`` enters ``x``, which a residual reads too)."""
+        rank = len(self._shape(value))
+        layout = layout_for(rank, self.folded)
+        while value not in converted and (producer := value.producer()) is not None and producer.inputs:
+            source = producer.inputs[0]
+            if self._data_inputs(producer) != [source] and not (producer.op_type == "LayerNormalization" and self._over_channels(producer, layout)):
+                break
+            if source is None or len(self._shape(source) or ()) != rank:
+                break
+            value = source
+        if value not in converted:
+            self.entries.add(value)
 
     def _walk(self, value: ir.Value, shape, converted, chain: set[ir.Node], seen: dict) -> ir.Value | None:
         """The flattening, or converted Linear's output, that ``value`` is computed from by element-wise ops
@@ -365,7 +442,7 @@ class _OnnxRewriter:
         producer = value.producer()
         if value in converted or value in self.sources or self._as_source(value):
             seen[value] = value
-        elif producer is not None and _shape(value) == shape and (data := self._data_inputs(producer)):
+        elif producer is not None and self._shape(value) == shape and (data := self._data_inputs(producer)):
             roots = {self._walk(v, shape, converted, chain, seen) for v in data}
             if len(roots) == 1 and None not in roots:
                 chain.add(producer)
@@ -377,8 +454,8 @@ class _OnnxRewriter:
         producer = value.producer()
         if producer is None:
             return False
-        inp = _shape(producer.inputs[0]) if producer.inputs else None
-        out = _shape(value)
+        inp = self._shape(producer.inputs[0]) if producer.inputs else None
+        out = self._shape(value)
         if inp is None or len(inp) < 3 or not all(isinstance(d, int) for d in inp[1:]):
             return False
         vectors = _vectors(2, self.folded)
@@ -401,10 +478,11 @@ class _OnnxRewriter:
             return True
         map_, perm = producer.inputs[0], tuple(range(len(inp)))
         transpose = map_.producer()
-        if transpose is not None and transpose.op_type == "Transpose" and (transpose.attributes.get_ints("perm") or (1,))[0] == 0:
+        channels_last = (0, *range(2, len(inp)), 1)
+        if transpose is not None and transpose.op_type == "Transpose" and tuple(transpose.attributes.get_ints("perm") or ()) == channels_last:
             # TensorFlow's NHWC flatten: the weight's columns are permuted to the NCHW map before it.
-            map_, perm = transpose.inputs[0], tuple(transpose.attributes.get_ints("perm"))
-        features = tuple(_shape(map_)[1:])
+            map_, perm = transpose.inputs[0], channels_last
+        features = tuple(self._shape(map_)[1:])
         self.sources[value] = (_MapLayout(features, perm, self.folded), map_, features)
         return True
 
@@ -433,41 +511,99 @@ class _OnnxRewriter:
         """Whether the walk runs ``node`` on the conv form of its input(s)."""
         if node in self.chain:
             return True
-        if not any(v in self.forms for v in node.inputs):
+        formed = [v for v in node.inputs if v in self.forms]
+        if not formed or len({self.forms[v][1] for v in formed}) != 1 or any(v.is_graph_output() for v in node.outputs):
             return False
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and self._data_inputs(node) and node.inputs[0] in self.forms:
-            return True  # a Conv's output Q/DQ pair stays right after it: QDQ compilers match DQ → Conv → Q
-        if self.scope != "all":
+        layout = self.forms[formed[0]][1]
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or self.scope == "all":
+            # A Conv's output Q/DQ pair stays right after it, in both scopes: QDQ compilers match DQ → Conv → Q.
+            data = self._data_inputs(node)
+            if data and all(v in self.forms for v in data):
+                return True
+        if self.scope != "all" or not isinstance(layout, PositionLayout):
             return False
-        data = self._data_inputs(node) or ()
-        if data and len({self.forms[v][1] if v in self.forms else None for v in data}) == 1 and data[0] in self.forms:
+        if node.op_type == "Transpose":
             return True
-        # Element-wise between two activations (a residual), or with a constant laid out per channel.
-        if node.op_type not in _BINARY or len(node.inputs) != 2 or len(node.outputs) != 1:
+        if node.op_type in _CHANNEL_OPS:  # a LayerNorm or a reduction over the channels (the last dim)
+            return self._over_channels(node, layout)
+        if node.op_type not in _BINARY or len(self._shape(node.outputs[0]) or ()) != layout.rank:
             return False
-        layouts = {self.forms[v][1] for v in node.inputs if v in self.forms}
-        layout = layouts.pop() if len(layouts) == 1 else None
-        if not isinstance(layout, PositionLayout) or len(_shape(node.outputs[0]) or ()) != layout.rank:
-            return False
-        return all(v in self.forms or _shape(v) == _shape(node.outputs[0]) or self._per_channel(v, layout) is not None
-                   for v in node.inputs)
+        # Element-wise between activations (a residual), or with a constant laid out per channel.
+        return all(
+            v in self.forms or self._channel_array(v, layout) is not None
+            or (_numbers(v) is None and len(self._shape(v) or ()) == layout.rank)
+            for v in node.inputs
+        )
+
+    def _over_channels(self, node: ir.Node, layout: PositionLayout) -> bool:
+        """Whether a LayerNormalization or reduction works over the last dim alone (the form's dim 1)."""
+        last = layout.rank - 1
+        if node.op_type == "LayerNormalization":
+            constants = all(self._channel_array(v, layout) is not None for v in node.inputs[1:] if v is not None)
+            unused = not any(v.uses() for v in node.outputs[1:])
+            return node.attributes.get_int("axis", -1) % layout.rank == last and constants and unused
+        axes = _axes(node)
+        return axes is not None and [a % layout.rank for a in axes] == [last] and node.attributes.get_int("keepdims", 1) == 1
 
     def _move(self, node: ir.Node) -> None:
         """Run ``node`` on its input's conv form; the rest of the graph reads the form left again."""
         data = next(v for v in node.inputs if v in self.forms or v in self.sources)
         form, layout = self._form(data)
+        if node.op_type == "Transpose":
+            return self._move_transpose(node, form, layout)
+        if node.op_type == "LayerNormalization":
+            return self._replace(node.outputs[0], self._layer_norm(node, form, layout), layout)
+        if node.op_type in _CHANNEL_OPS:
+            attributes = {k: v for k, v in node.attributes.items() if k != "axes"}
+            return self._replace(node.outputs[0], self._reduce(node.op_type, form, attributes, node), layout)
         inputs = []
         for v in node.inputs:
             if v is None or v is data or v in self.forms:
                 inputs.append(v and self._form(v)[0])
             elif (single := _numbers(v)) is not None and single.size == 1:
                 inputs.append(v)
+            elif (array := self._channel_array(v, layout)) is not None:
+                inputs.append(self._initializer(array, v.name))
             else:
-                inputs.append(self._per_channel(v, layout) or self._enter(v, layout))
+                inputs.append(self._enter(v, layout))
         outputs = self._add(node.op_type, inputs, dict(node.attributes), node, num_outputs=len(node.outputs))
         self._replace(node.outputs[0], outputs[0], layout)
 
-    def _per_channel(self, value: ir.Value, layout: PositionLayout) -> ir.Value | None:
+    def _move_transpose(self, node: ir.Node, form: ir.Value, layout: PositionLayout) -> None:
+        """``leave(form).transpose(p)`` as one Squeeze/Transpose of the form — or none, when they cancel
+        (ConvNeXt's permute back to NCHW after its channels-last block is the form itself)."""
+        if layout.inserted:
+            form = self._unit_dims("Squeeze", form, layout.inserted)
+        inverse = [layout.perm.index(d) for d in range(layout.rank)]
+        composed = [inverse[p] for p in node.attributes.get_ints("perm", list(reversed(range(layout.rank))))]
+        if composed != sorted(composed):
+            form = self._add("Transpose", [form], {"perm": composed}, node)[0]
+        node.outputs[0].replace_all_uses_with(form)
+        self.replaced[node.outputs[0]] = form
+
+    def _layer_norm(self, node: ir.Node, form: ir.Value, layout: PositionLayout) -> ir.Value:
+        """A LayerNormalization over the channels, dim 1 of the form, written out (as Apple's layer_norm.py):
+        ``(x - mean) / sqrt(var + eps) · scale + bias``, the means over dim 1."""
+        dtype = _numbers(node.inputs[1]).dtype
+        eps = self._initializer(np.array(node.attributes.get_float("epsilon", 1e-5), dtype), "epsilon")
+        centred = self._add("Sub", [form, self._reduce("ReduceMean", form, {}, "mean")], {}, "centred")[0]
+        square = self._add("Mul", [centred, centred], {}, "square")[0]
+        variance = self._reduce("ReduceMean", square, {}, "variance")
+        std = self._add("Sqrt", [self._add("Add", [variance, eps], {}, "variance_eps")[0]], {}, "std")[0]
+        y = self._add("Div", [centred, std], {}, "normalised")[0]
+        y = self._add("Mul", [y, self._initializer(self._channel_array(node.inputs[1], layout), node.inputs[1].name)], {}, "scaled")[0]
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            y = self._add("Add", [y, self._initializer(self._channel_array(node.inputs[2], layout), node.inputs[2].name)], {}, node)[0]
+        return y
+
+    def _reduce(self, op: str, form: ir.Value, attributes: dict, named) -> ir.Value:
+        """``op`` over dim 1 of a form, keeping it (axes an input since opset 18, 13 for ReduceSum)."""
+        attributes = {**attributes, "keepdims": 1}
+        if self.opset >= (13 if op == "ReduceSum" else 18):
+            return self._add(op, [form, self._initializer(np.array([1], np.int64), "axes")], attributes, named)[0]
+        return self._add(op, [form], {**attributes, "axes": [1]}, named)[0]
+
+    def _channel_array(self, value: ir.Value, layout: PositionLayout) -> np.ndarray | None:
         """A constant operand broadcasting against a value of ``layout``, laid out alike; None if it can't be."""
         array = _numbers(value)
         if array is None or array.ndim > layout.rank:
@@ -475,17 +611,12 @@ class _OnnxRewriter:
         full = array.reshape((1,) * (layout.rank - array.ndim) + array.shape)
         if full.shape[0] != 1:
             return None
-        return self._initializer(full.transpose(layout.perm).reshape(layout.form_shape(full.shape)), value.name)
+        return full.transpose(layout.perm).reshape(layout.form_shape(full.shape))
 
     # -- converting a Linear ----------------------------------------------------------------------
 
     def _convert(self, call: _Linear) -> None:
-        if call.input in self.forms or call.input in self.sources:
-            form, layout = self._form(call.input)
-        else:
-            layout = layout_for(len(_shape(call.input)), self.folded)
-            form = self._enter(call.input, layout)
-            self.forms[call.input] = (form, layout)  # a residual that reads it too reads the form
+        form, layout = self._form(call.input) if call.input in self.forms or call.input in self.sources else self._entered(call.input)
         origin = self.origins.get(call.node, ())
         if isinstance(layout, _MapLayout):
             kernel = layout.features[1:]
@@ -536,6 +667,7 @@ class _OnnxRewriter:
         """The conv form of a value that has one, or of a planned flattening (entered here, once)."""
         if value not in self.forms:
             layout, entered, _ = self.sources[value]
+            entered = self.replaced.get(entered, entered)  # a map the walk has moved into a conv layout since
             form = self._fold(entered, layout) if isinstance(layout, _MapLayout) else self._enter(entered, layout)
             self.forms[value] = (form, layout)
         return self.forms[value]
@@ -548,9 +680,27 @@ class _OnnxRewriter:
         moved = self._add("Transpose", [map_], {"perm": [*range(1, r - 1), 0, r - 1]}, "fold")[0]
         return self._reshape(moved, [1, *layout.features[:-1], -1])
 
+    def _entered(self, value: ir.Value) -> tuple[ir.Value, PositionLayout]:
+        """Give ``value`` (N, *P, C) its conv form: the ops after it that carry the layout run in it."""
+        layout = layout_for(len(self._shape(value)), self.folded)
+        self.forms[value] = (self._enter(value, layout), layout)
+        return self.forms[value]
+
+    def _free_form(self, node: ir.Node) -> None:
+        """A Transpose to channels-last (NCHW → NHWC) has its own input as conv form: nothing to make."""
+        output, perm = node.outputs[0], node.attributes.get_ints("perm")
+        layout = layout_for(len(self._shape(output) or ()), self.folded)
+        if layout is not None and not layout.inserted and perm is not None and layout.cancels(tuple(perm)):
+            self.forms[output] = (node.inputs[0], layout)
+
     def _enter(self, value: ir.Value, layout: PositionLayout) -> ir.Value:
-        """``value`` in ``layout``: a Transpose bringing C to dim 1, then size-1 dims inserted."""
-        if layout.perm != tuple(range(layout.rank)):
+        """``value`` in ``layout``: a Transpose bringing C to dim 1, then size-1 dims inserted — or no
+        Transpose, when ``value`` is one that the layout's undoes (tokens ``x.transpose(1, 2)`` of (N, C, L))."""
+        producer = value.producer()
+        perm = producer.attributes.get_ints("perm") if producer is not None and producer.op_type == "Transpose" else None
+        if perm is not None and len(perm) == layout.rank and layout.cancels(tuple(perm)):
+            value = producer.inputs[0]
+        elif layout.perm != tuple(range(layout.rank)):
             value = self._add("Transpose", [value], {"perm": list(layout.perm)}, "enter")[0]
         return self._unit_dims("Unsqueeze", value, layout.inserted) if layout.inserted else value
 
@@ -577,8 +727,11 @@ class _OnnxRewriter:
         """``value`` is now computed as ``form``: its readers read the form left (dropped if none remain)."""
         left = self._leave(form, layout)
         left.type, left.shape, name = value.type, value.shape, value.name
+        if value in self.shapes:
+            self.shapes[left] = self.shapes[value]
         value.replace_all_uses_with(left, replace_graph_outputs=True)
         value.name, left.name = self._unique(f"{name}_replaced"), name
+        self.replaced[value] = left
         self.forms[value] = self.forms[left] = (form, layout)
 
     # -- building nodes ----------------------------------------------------------------------------
@@ -645,6 +798,8 @@ def _out_features(call: _Linear) -> int:
 def _weight_refusal(call: _Linear) -> tuple[str, str] | None:
     """Why a (quantised) Linear's weight or bias cannot be re-laid out for a Conv, or None."""
     out_axis = 1 if call.transposed else 0
+    if call.weight.dequantize is not None and call.weight.dequantize.attributes.get_int("block_size", 0):
+        return "quant-blocked", "its weight is quantised in blocks, which a Conv weight's DequantizeLinear cannot keep"
     if call.weight.axis is not None and call.weight.axis != out_axis:
         return "quant-axis", "its weight is quantised per input feature; a Conv weight's channel axis is its output's"
     if call.weight.dequantize is not None and call.alpha != 1.0:
@@ -697,6 +852,10 @@ def _live_nodes(graph: ir.Graph) -> set[ir.Node]:
         live.add(node)
         stack += [v.producer() for v in node.inputs if v is not None]
     return live
+
+
+def _static_inputs(graph: ir.Graph) -> bool:
+    return all(v.shape is not None and v.shape.is_static() for v in graph.inputs)
 
 
 def _tidied(model: ir.Model) -> ir.Model:

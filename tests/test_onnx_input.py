@@ -164,15 +164,20 @@ def test_every_gemm_or_matmul_with_a_constant_is_converted_or_reported():
         helper.make_node("MatMul", ["c", "vec"], ["d"]),  # a (6,) weight
         helper.make_node("Transpose", ["b"], ["bt"], perm=[0, 2, 1]),
         helper.make_node("MatMul", ["bt", "b"], ["e"]),  # activation @ activation
+        helper.make_node("Transpose", ["late"], ["late_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["c", "late_t"], ["f"], name="mm"),  # a weight computed from a constant
     ]
-    weights = {"w": _w(6, 6), "axes": np.array([1], np.int64), "left": _w(1, 1), "stack": _w(1, 6, 6), "vec": _w(6)}
-    model = _graph(nodes, [_input((6,))], [_output(1, name="d"), _output(6, 6, name="e")], weights)
+    weights = {"w": _w(6, 6), "axes": np.array([1], np.int64), "left": _w(1, 1), "stack": _w(1, 6, 6), "vec": _w(6),
+               "late": _w(3, 6)}
+    outputs = [_output(1, name="d"), _output(6, 6, name="e"), _output(1, 3, name="f")]
+    model = _graph(nodes, [_input((6,))], outputs, weights)
     converted, report = fxconv.convert_onnx(model)
     assert [(s.name, s.code) for s in report.skipped] == [
         ("w", "not-flattened"), ("left", "constant-left"), ("stack", "weight-rank"), ("vec", "weight-rank"),
+        ("mm", "computed-weight"),
     ]
     converted, report = fxconv.convert_onnx(model, scope="all")
-    assert [c.name for c in report.converted] == ["w"] and len(report.skipped) == 3
+    assert [c.name for c in report.converted] == ["w"] and len(report.skipped) == 4
     assert_same(model, converted, (6,))
 
 
@@ -198,10 +203,13 @@ def test_reductions_conv1d_maps_constants_and_old_opsets():
         assert weight_products(converted) == 0 and "Gemm" not in _ops(converted)
 
 
-def test_scope_all_runs_a_token_mlp_block_in_one_layout():
-    """(N, L, C) → MatMul+Add → Relu → MatMul+Add → + residual: one Transpose in, one out."""
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMean's axes: an attribute, an input
+def test_scope_all_runs_a_token_mlp_block_in_one_layout(opset):
+    """(N, L, C) → LayerNorm → MatMul+Add → Relu → MatMul+Add → · layer scale → + residual: one Transpose
+    in, one out; the LayerNorm runs over the channels of the (N, C, 1, L) form."""
     nodes = [
-        helper.make_node("MatMul", ["x", "fc1.weight"], ["m1"]),
+        helper.make_node("LayerNormalization", ["x", "norm.weight", "norm.bias"], ["n"], axis=-1, epsilon=1e-6),
+        helper.make_node("MatMul", ["n", "fc1.weight"], ["m1"]),
         helper.make_node("Add", ["m1", "fc1.bias"], ["h"]),
         helper.make_node("Relu", ["h"], ["r"]),
         helper.make_node("MatMul", ["r", "fc2.weight"], ["m2"]),
@@ -209,14 +217,41 @@ def test_scope_all_runs_a_token_mlp_block_in_one_layout():
         helper.make_node("Mul", ["o", "gamma"], ["scaled"]),  # a per-channel layer scale
         helper.make_node("Add", ["x", "scaled"], ["y"]),
     ]
-    weights = {"fc1.weight": _w(8, 32), "fc1.bias": _w(32), "fc2.weight": _w(32, 8), "fc2.bias": _w(8), "gamma": _w(8)}
-    model = _graph(nodes, [_input((10, 8))], [_output(10, 8)], weights)
+    weights = {"norm.weight": _w(8), "norm.bias": _w(8), "fc1.weight": _w(8, 32), "fc1.bias": _w(32),
+               "fc2.weight": _w(32, 8), "fc2.bias": _w(8), "gamma": _w(8)}
+    model = _graph(nodes, [_input((10, 8))], [_output(10, 8)], weights, opset)
     heads_only, report = fxconv.convert_onnx(model)
     assert {s.code for s in report.skipped} == {"not-2d"} and _ops(heads_only) == _ops(model)
     converted, report = fxconv.convert_onnx(model, scope="all", strict=True)
     assert_same(model, converted, (10, 8))
     assert _ops(converted).count("Transpose") == 2 and _ops(converted).count("Conv") == 2
+    assert "LayerNormalization" not in _ops(converted)  # written out over dim 1 of the form
     assert {c.layout for c in report.converted} == {"(N, L, C) as (N, C, 1, L)"}
+
+
+@pytest.mark.parametrize("name", ["vit", "convnext"])
+def test_scope_all_on_exported_transformer_and_convnext_blocks(tmp_path, name):
+    """timm's ViT and ConvNeXt (Linear MLPs) through the dynamo exporter: every Linear (MatMul + Add over
+    tokens, or over channels-last maps) converted; ConvNeXt's own permutes cancel with the layout."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    if name == "vit":
+        model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2)
+    else:
+        model = timm.create_model("convnext_atto", conv_mlp=False, depths=(1, 1, 1, 1))
+    original = _export(model.eval(), tmp_path / "model.onnx", dynamo=True)
+    linears = weight_products(original)
+    _, report = fxconv.convert_onnx(original)
+    assert {s.code for s in report.skipped} <= {"not-2d", "not-flattened"} and len(report.skipped) >= linears - 1
+    converted, report = fxconv.convert_onnx(original, scope="all", strict=True)
+    assert_same(original, converted, (3, 32, 32))
+    assert weight_products(converted) == 0 and len(report.converted) == linears
+    transposes = (_ops(original).count("Transpose"), _ops(converted).count("Transpose"))
+    if name == "vit":
+        assert report.converted[0].name == "blocks.0.attn.qkv"  # the module, from the exporter's metadata
+        assert transposes[1] <= transposes[0] + len(report.converted)  # at most one change per Linear
+    else:
+        assert transposes[1] <= 2 < transposes[0]  # only the folded head's batch moves stay
 
 
 # -- exported torchvision classifiers, float and QDQ ----------------------------------------------
@@ -320,20 +355,6 @@ def _fused_ops(model: onnx.ModelProto, folder) -> dict[str, int]:
     options.log_severity_level = 3
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return fxconv.op_census(onnx.load(folder / "optimized.onnx"))
-
-
-def test_scope_all_on_an_exported_vision_transformer(tmp_path):
-    """timm's ViT through the dynamo exporter: every Linear (MatMul + Add over tokens) converted."""
-    timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
-    original = _export(model, tmp_path / "vit.onnx", dynamo=True)
-    heads, report = fxconv.convert_onnx(original)
-    assert len(report.skipped) == 9 and {s.code for s in report.skipped} == {"not-2d", "not-flattened"}
-    converted, report = fxconv.convert_onnx(original, scope="all", strict=True)
-    assert_same(original, converted, (3, 32, 32))
-    assert weight_products(converted) == 0 and len(report.converted) == 9
-    assert report.converted[0].name == "blocks.0.attn.qkv"  # the module, from the exporter's metadata
 
 
 def test_check_onnx_takes_an_onnx_reference_and_derives_the_inputs(tmp_path):
