@@ -5,6 +5,7 @@
                                                                  # heads at 128, more rounds
     python benchmarks/bench.py --tiny     # seconds: small stand-in models, to prove the script runs
     python benchmarks/bench.py --only scope   # scope="all" on vit_small and convnext_tiny vs peer layouts
+    python benchmarks/bench.py --only onnx    # ONNX files in: convert_onnx on a VGG16 head file, float and QDQ
 
 OpenVINO (CPU, f32 precision, the ``openvino`` extra) is measured beside onnxruntime when installed.
 For each model, batch size and runtime, the original and each converted variant run interleaved (the
@@ -14,7 +15,10 @@ It also reports each variant's max abs difference from the original, how long ``
 ``export_onnx`` take, the peak memory of converting vgg16 (copy vs ``inplace=True``), and the dense
 mode's speed-up over evaluating crops. ``scope="all"`` (every Linear a convolution) is timed on timm's
 vit_small_patch16_224 and torchvision's convnext_tiny beside the two layouts other converters use
-(``peers.py``: a permute around each Linear, or the positions folded into the batch). Every ratio comes with its spread over the rounds (min–max); a
+(``peers.py``: a permute around each Linear, or the positions folded into the batch). ``convert_onnx`` is
+timed on ONNX files as users hold them: a VGG16 head exported by the TorchScript exporter (Flatten →
+Gemm, opset 13), and it and resnet18 quantised to QDQ int8 by ``quantize_static`` (per channel); those
+rows compare the converted file with the original file. Every ratio comes with its spread over the rounds (min–max); a
 row whose rounds disagree by more than 1.5x is flagged as measured on a noisy machine.
 
 Results: a table on the terminal, ``bench.json`` (every figure, the machine and library versions) and
@@ -349,6 +353,9 @@ def plot(rows: list[dict], dense: list[dict], path: Path, threads: int) -> bool:
     def every_linear(r):
         return r["variant"] in EVERY_LINEAR
 
+    def onnx_files_in(r):
+        return r["variant"].startswith("onnx ")
+
     panels = [
         ("onnxruntime: classifier heads, default folded layout", "onnxruntime", folded_heads),
         ("onnxruntime: whole models, default folded layout", "onnxruntime", whole_models),
@@ -357,7 +364,8 @@ def plot(rows: list[dict], dense: list[dict], path: Path, threads: int) -> bool:
         ("OpenVINO (f32): heads, batched layout", "openvino", lambda r: "batched" in r["variant"]),
         ("onnxruntime: every Linear (scope='all') vs peer layouts", "onnxruntime", every_linear),
         ("OpenVINO (f32): every Linear vs peer layouts", "openvino", every_linear),
-        ("onnxruntime: ONNX files in (convert_onnx), float and QDQ int8", "onnxruntime", lambda r: r["variant"].startswith("onnx ")),
+        ("onnxruntime: ONNX files in (convert_onnx), float and QDQ int8", "onnxruntime", onnx_files_in),
+        ("OpenVINO (f32): ONNX files in, float and QDQ int8", "openvino", onnx_files_in),
     ]
     # Only the panels this run has rows for (``--only`` runs a part), three to a row.
     panels = [(title, [r for r in rows if r["runtime"] == runtime and keep(r)]) for title, runtime, keep in panels]

@@ -21,19 +21,29 @@ The patterns, as in the PyTorch pass:
   refused) or ``MatMul(x, B)`` followed by an ``Add`` of a bias, B a constant: an initializer, a
   ``Constant``, or either through a ``DequantizeLinear``.
 * A *flatten*: ``Flatten(axis=1)`` or a batch-keeping ``Reshape`` to (N, K) of an (N, C, *S) map, also
-  through a ``Transpose`` that keeps the batch first (TensorFlow graphs flatten NHWC: the weight's
-  columns are permuted to the NCHW map, whose Transpose then goes); a global ``ReduceMean``/``ReduceMax``
-  over the spatial axes (or the token axis of (N, L, C)) is the flatten of an (N, C, 1, ...) map.
-* *Movable* ops between the flatten and the Linear and between Linears: element-wise ones with a
-  single-value operand (Relu, Clip, Mul by a scalar, ...) and per-tensor ``QuantizeLinear`` /
-  ``DequantizeLinear`` — so a QDQ file keeps its activation Q/DQ pairs around each new Conv.
+  through a ``Transpose`` to channels-last (TensorFlow graphs flatten NHWC): ``method="kernel"`` then
+  permutes the weight's columns to the NCHW map, ``W.reshape(out, H, W, C).transpose(0, 3, 1, 2)``, and
+  the Transpose goes (``"1x1"`` reads the flattening as it is). A global ``ReduceMean``/``ReduceMax`` over
+  the spatial axes (or the token axis of (N, L, C)) is the flatten of an (N, C, 1, ...) map.
+* *Movable* ops between the flatten and the Linear and between Linears: element-wise ones with
+  single-value operands (Relu, Clip, Mul by a scalar, ``x · HardSigmoid(x)``, ...) and per-tensor
+  ``QuantizeLinear`` / ``DequantizeLinear`` — so a QDQ file keeps its activation Q/DQ pairs around each
+  new Conv, the Q right after it (onnxruntime fuses DQ → Conv → Q into one QLinearConv, as NPU compilers do).
 * ``scope="all"``: any other Linear over (N, C), (N, L, C), (N, H, W, C) or (N, D, H, W, C) runs as a 1x1
-  Conv in its conv layout; element-wise ops whose inputs have a conv form run in it (a constant operand
-  broadcasting along the channels is re-laid out alike), so consecutive Linears pay one layout change.
+  Conv in its conv layout (``fxconv._layouts``: tokens as (N, C, 1, L), channels-last maps as NCHW). The
+  layout carries: element-wise ops run in it (a constant operand broadcasting along the channels
+  re-laid out alike, a residual's other operand entered), LayerNorms and reductions over the channels
+  run over the form's dim 1 (a LayerNormalization written out, as Apple's ``layer_norm.py``), Reshapes
+  that only regroup positions ((N, H, W, C) ↔ (N, H·W, C)) reshape the form, and the model's own
+  Transposes compose with the layout — ConvNeXt's NCHW → NHWC → NCHW pair cancels. A Linear's input is
+  entered where the ops that lead to it start (``fc1(norm(x))`` enters ``x``, which the residual reads).
 
 Quantised weights stay quantised: the int8 initializer is re-laid out like a float one (its
 per-channel axis, the output features, becomes the Conv weight's axis 0) and read through a
 ``DequantizeLinear`` with the same scale and zero point, so a QDQ-consuming compiler sees DQ → Conv.
+
+Every Gemm/MatMul with a constant operand is converted or in the report with a reason (a constant on the
+left, a weight computed by nodes, ``transA``, weights quantised per input feature or in blocks, ...).
 
 Names: each Conv takes its Linear's node name, each re-laid weight its initializer's name (when no
 other node still reads the original; a weight shared by several converted Linears stays one
@@ -72,6 +82,7 @@ _BINARY = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum"})  #
 _WITH_SCALARS = frozenset({"Clip", "QuantizeLinear", "DequantizeLinear", "Dropout"})  # extra inputs: single values
 _REDUCTIONS = frozenset({"ReduceMean", "ReduceMax"})  # a global one of these is a flatten of an (N, C, 1, ...) map
 _CHANNEL_OPS = frozenset({"LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"})  # over the last dim
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _QOPERATOR = frozenset({"QLinearMatMul", "MatMulInteger", "QGemm"})
 
 
@@ -419,19 +430,23 @@ class _OnnxRewriter:
         return self._plan_entry(call.input, converted)
 
     def _plan_entry(self, value: ir.Value, converted) -> None:
-        """Plan where a Linear's input that has no conv form enters its layout: before the LayerNorms and
-        element-wise ops that lead to it (``fc1(norm(x))`` enters ``x``, which a residual reads too)."""
-        rank = len(self._shape(value))
-        layout = layout_for(rank, self.folded)
-        while value not in converted and (producer := value.producer()) is not None and producer.inputs:
-            source = producer.inputs[0]
-            if self._data_inputs(producer) != [source] and not (producer.op_type == "LayerNormalization" and self._over_channels(producer, layout)):
-                break
-            if source is None or len(self._shape(source) or ()) != rank:
-                break
-            value = source
-        if value not in converted:
-            self.entries.add(value)
+        """Plan where a Linear's input that has no conv form enters its layout: where the ops that can run
+        in the layout and lead to it start, if they start from one value (``fc1(norm(x))`` enters ``x``,
+        which the norm's mean and a residual read too); else at the input itself."""
+        roots = self._roots(value, layout_for(len(self._shape(value)), self.folded), converted, {})
+        self.entries |= roots if len(roots) <= 1 else {value}
+
+    def _roots(self, value: ir.Value, layout: PositionLayout, converted, seen: dict) -> frozenset:
+        """The values without a conv form that ``value`` is computed from by ops that run in ``layout``."""
+        if value in converted:
+            return frozenset()
+        if value not in seen:
+            seen[value] = frozenset({value})
+            producer = value.producer()
+            carried = self._carried(producer, layout) if producer is not None else None
+            if carried:
+                seen[value] = frozenset().union(*(self._roots(v, layout, converted, seen) for v in carried))
+        return seen[value]
 
     def _walk(self, value: ir.Value, shape, converted, chain: set[ir.Node], seen: dict) -> ir.Value | None:
         """The flattening, or converted Linear's output, that ``value`` is computed from by element-wise ops
@@ -496,7 +511,7 @@ class _OnnxRewriter:
             return None
         if node.op_type in _UNARY:
             return [node.inputs[0]] if len(node.inputs) == 1 else None
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.attributes.get_int("block_size", 0):
+        if node.op_type in _QDQ and node.attributes.get_int("block_size", 0):
             return None
         if node.op_type in _WITH_SCALARS:
             data, others = [node.inputs[0]], node.inputs[1:]
@@ -515,25 +530,45 @@ class _OnnxRewriter:
         if not formed or len({self.forms[v][1] for v in formed}) != 1 or any(v.is_graph_output() for v in node.outputs):
             return False
         layout = self.forms[formed[0]][1]
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or self.scope == "all":
-            # A Conv's output Q/DQ pair stays right after it, in both scopes: QDQ compilers match DQ → Conv → Q.
-            data = self._data_inputs(node)
-            if data and all(v in self.forms for v in data):
-                return True
+        data = self._data_inputs(node)
+        if data and all(v in self.forms for v in data) and (self.scope == "all" or node.op_type in _QDQ):
+            return True  # in both scopes, a Conv's output Q/DQ stays right after it (QDQ compilers match DQ → Conv → Q)
         if self.scope != "all" or not isinstance(layout, PositionLayout):
             return False
         if node.op_type == "Transpose":
             return True
-        if node.op_type in _CHANNEL_OPS:  # a LayerNorm or a reduction over the channels (the last dim)
-            return self._over_channels(node, layout)
-        if node.op_type not in _BINARY or len(self._shape(node.outputs[0]) or ()) != layout.rank:
-            return False
-        # Element-wise between activations (a residual), or with a constant laid out per channel.
-        return all(
-            v in self.forms or self._channel_array(v, layout) is not None
-            or (_numbers(v) is None and len(self._shape(v) or ()) == layout.rank)
-            for v in node.inputs
-        )
+        if node.op_type == "Reshape":
+            return self._regrouped(node, layout) is not None
+        return self._carried(node, layout) is not None
+
+    def _carried(self, node: ir.Node, layout: PositionLayout) -> list[ir.Value] | None:
+        """The activation inputs of ``node`` if it can run in ``layout`` once they are in it; else None.
+
+        Element-wise ops (a constant operand laid out per channel, an activation of the same rank entered),
+        and LayerNorms and reductions over the channels — the last dim, the form's dim 1.
+        """
+        if any(v.is_graph_output() for v in node.outputs):
+            return None
+        if node.op_type in _CHANNEL_OPS:
+            return [node.inputs[0]] if self._over_channels(node, layout) else None
+        data = self._data_inputs(node)
+        if data is None and node.op_type in _BINARY and len(node.outputs) == 1:
+            data = [v for v in node.inputs if _numbers(v) is None]
+            if any(self._channel_array(v, layout) is None for v in node.inputs if v not in data):
+                return None
+        if not data or any(len(self._shape(v) or ()) != layout.rank for v in [*data, node.outputs[0]] if v not in self.forms):
+            return None
+        return data
+
+    def _regrouped(self, node: ir.Node, layout: PositionLayout) -> PositionLayout | None:
+        """For a Reshape that only regroups positions, (N, H, W, C) <-> (N, H·W, C), its output's layout."""
+        before, after = self._shape(node.inputs[0]), self._shape(node.outputs[0])
+        if before is None or after is None or len(before) != layout.rank or not 3 <= len(after) <= 5:
+            return None
+        positions = (*before[1:-1], *after[1:-1])
+        if before[0] != after[0] or before[-1] != after[-1] or None in positions:
+            return None
+        return layout_for(len(after), self.folded) if math.prod(before[1:-1]) == math.prod(after[1:-1]) else None
 
     def _over_channels(self, node: ir.Node, layout: PositionLayout) -> bool:
         """Whether a LayerNormalization or reduction works over the last dim alone (the form's dim 1)."""
@@ -551,6 +586,10 @@ class _OnnxRewriter:
         form, layout = self._form(data)
         if node.op_type == "Transpose":
             return self._move_transpose(node, form, layout)
+        if node.op_type == "Reshape":  # the form's positions regrouped alike: C stays at dim 1
+            after = self._regrouped(node, layout)
+            shape = [0, *after.form_shape(self._shape(node.outputs[0]))[1:]]
+            return self._replace(node.outputs[0], self._reshape(form, shape, node), after)
         if node.op_type == "LayerNormalization":
             return self._replace(node.outputs[0], self._layer_norm(node, form, layout), layout)
         if node.op_type in _CHANNEL_OPS:
@@ -748,8 +787,8 @@ class _OnnxRewriter:
         self.graph.insert_before(self.anchor, node)
         return list(node.outputs)
 
-    def _reshape(self, value: ir.Value, shape: list[int]) -> ir.Value:
-        return self._add("Reshape", [value, self._initializer(np.array(shape, np.int64), "shape")], {}, "reshape")[0]
+    def _reshape(self, value: ir.Value, shape: list[int], named: ir.Node | str = "reshape") -> ir.Value:
+        return self._add("Reshape", [value, self._initializer(np.array(shape, np.int64), "shape")], {}, named)[0]
 
     def _unit_dims(self, op: str, value: ir.Value, axes: tuple[int, ...]) -> ir.Value:
         """Squeeze/Unsqueeze ``axes``: an attribute before opset 13, an input since."""
@@ -778,10 +817,12 @@ class _OnnxRewriter:
             ours_or_was_read = value in used_before or "fxconv_relaid_from" in value.meta
             if ours_or_was_read and not value.uses() and not value.is_graph_input() and not value.is_graph_output():
                 self.graph.initializers.pop(value.name)
+        named: set[ir.Value] = set()
         for value in list(self.graph.initializers.values()):
             original = value.meta.get("fxconv_relaid_from")
-            if original is None or original.uses() or original.is_graph_input() or original.is_graph_output():
-                continue  # still read elsewhere: the re-laid copy keeps its own name (``name.1``)
+            if original is None or original in named or original.uses() or original.is_graph_input() or original.is_graph_output():
+                continue  # still read elsewhere, or re-laid twice: this copy keeps its own name (``name.1``)
+            named.add(original)
             name, original.name = original.name, self._unique(f"{original.name}_replaced")
             self.graph.initializers.pop(value.name)
             value.name = name
@@ -827,7 +868,8 @@ def _name_of(node: ir.Node, constants: list[_Const | None]) -> str:
             if isinstance(path, list) and len(path) >= 2 and path[-2]:
                 return str(path[-2])
     weight = next((c for c in reversed(constants) if c is not None), None)
-    return weight.stored.name if weight is not None and weight.stored.name else node.name or node.op_type
+    generated = weight is None or not weight.stored.name or weight.stored.name.startswith("onnx::")  # TorchScript's
+    return (node.name or node.op_type) if generated else weight.stored.name
 
 
 def _describe(node: ir.Node | None) -> str:

@@ -229,17 +229,22 @@ def test_scope_all_runs_a_token_mlp_block_in_one_layout(opset):
     assert {c.layout for c in report.converted} == {"(N, L, C) as (N, C, 1, L)"}
 
 
-@pytest.mark.parametrize("name", ["vit", "convnext"])
+@pytest.mark.parametrize("name", ["vit", "convnext", "swin"])
 def test_scope_all_on_exported_transformer_and_convnext_blocks(tmp_path, name):
-    """timm's ViT and ConvNeXt (Linear MLPs) through the dynamo exporter: every Linear (MatMul + Add over
-    tokens, or over channels-last maps) converted; ConvNeXt's own permutes cancel with the layout."""
+    """timm's ViT and ConvNeXt (Linear MLPs) through the dynamo exporter, Swin through the TorchScript
+    exporter (whose window reshapes ONNX shape inference cannot follow: onnxruntime's symbolic inference
+    does): every Linear (MatMul + Add over tokens or channels-last maps) converted; ConvNeXt's own
+    permutes cancel with the layout."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     if name == "vit":
         model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2)
-    else:
+    elif name == "convnext":
         model = timm.create_model("convnext_atto", conv_mlp=False, depths=(1, 1, 1, 1))
-    original = _export(model.eval(), tmp_path / "model.onnx", dynamo=True)
+    else:
+        model = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, patch_size=2, window_size=4,
+                                  embed_dim=16, depths=(1, 1), num_heads=(1, 2))  # fmt: skip
+    original = _export(model.eval(), tmp_path / "model.onnx", dynamo=name != "swin")
     linears = weight_products(original)
     _, report = fxconv.convert_onnx(original)
     assert {s.code for s in report.skipped} <= {"not-2d", "not-flattened"} and len(report.skipped) >= linears - 1
@@ -247,11 +252,12 @@ def test_scope_all_on_exported_transformer_and_convnext_blocks(tmp_path, name):
     assert_same(original, converted, (3, 32, 32))
     assert weight_products(converted) == 0 and len(report.converted) == linears
     transposes = (_ops(original).count("Transpose"), _ops(converted).count("Transpose"))
+    if name == "convnext":
+        assert transposes[1] <= 2 < transposes[0]  # only the folded head's batch moves stay
+    else:  # ViT: at most one layout change per Linear; Swin's rank-6 window moves: fewer than wrapping each
+        assert transposes[1] <= transposes[0] + (1 if name == "vit" else 2) * len(report.converted)
     if name == "vit":
         assert report.converted[0].name == "blocks.0.attn.qkv"  # the module, from the exporter's metadata
-        assert transposes[1] <= transposes[0] + len(report.converted)  # at most one change per Linear
-    else:
-        assert transposes[1] <= 2 < transposes[0]  # only the folded head's batch moves stay
 
 
 # -- exported torchvision classifiers, float and QDQ ----------------------------------------------
@@ -318,6 +324,21 @@ def test_exported_classifiers(tmp_path, name, dynamo):
         assert [o.name for o in converted.graph.output] == [o.name for o in original.graph.output]
     if name == "vgg_head":
         assert report.converted[0].flattened_from == (16, 4, 4)
+
+
+def test_a_static_batch_one_file_gets_a_head_of_convolutions_only(tmp_path):
+    """At a static batch of 1 the folded layout's batch moves are moves of size-1 axes: no Transpose is
+    left in the head, and the first Conv strides by 1 (what NPU compilers expect)."""
+    torch.manual_seed(0)
+    torch.onnx.export(VggHead().eval(), (torch.randn(1, 3, 32, 32),), tmp_path / "b1.onnx", dynamo=False,
+                      opset_version=13)  # fmt: skip
+    original = onnx.load(tmp_path / "b1.onnx")
+    for method in METHODS:
+        converted, report = fxconv.convert_onnx(original, method, strict=True)
+        assert_same(original, converted, (3, 32, 32), batches=(1,))
+        assert "Transpose" not in _ops(converted) and weight_products(converted) == 0
+        first = next(n for n in converted.graph.node if n.name == report.converted[0].node)
+        assert helper.get_attribute_value(next(a for a in first.attribute if a.name == "strides")) == [1, 1]
 
 
 @pytest.mark.parametrize("name", ["vgg_head", "resnet18"])
