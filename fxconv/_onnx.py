@@ -335,8 +335,9 @@ class _OnnxRewriter:
         converted: dict[ir.Value, int] = {}  # outputs of the Linears planned so far -> spatial dims of a head's
         for node in self.graph.all_nodes():
             if node.graph is not self.graph:
-                if node.op_type in ("Gemm", "MatMul") and any(_constant(v) is not None for v in node.inputs):
-                    self._skip(_name_of(node, [_constant(v) for v in node.inputs]), "subgraph",
+                constants = [_constant(v) for v in node.inputs[:2]]
+                if node.op_type in ("Gemm", "MatMul") and any(c is not None for c in constants):
+                    self._skip(_name_of(node, constants), "subgraph",
                                "it sits in a subgraph (an If, Loop or Scan body), which fxconv does not rewrite")
                 continue
             call = self._read(node)
@@ -353,14 +354,15 @@ class _OnnxRewriter:
 
     def _read(self, node: ir.Node) -> _Linear | None:
         """``node`` read as a Linear; None if it is not one (and reported if it is one that can't convert)."""
-        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Gemm", "MatMul", *_QOPERATOR):
+        if node.op_type in _QOPERATOR and node.domain in ("", "ai.onnx", "com.microsoft"):
+            return self._skip(_name_of(node, []), "qoperator",
+                              f"{node.op_type} is the QOperator format; fxconv rewrites QDQ files (quantize with "
+                              "QuantFormat.QDQ)")
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Gemm", "MatMul"):
             return None
         inputs = list(node.inputs)
         x, w = (_constant(v) for v in inputs[:2])
         name = _name_of(node, [x, w])
-        if node.op_type in _QOPERATOR:
-            return self._skip(name, "qoperator", f"{node.op_type} is the QOperator format; fxconv rewrites QDQ files "
-                              "(quantize with QuantFormat.QDQ)")
         if w is None:
             if x is not None:
                 return self._skip(name, "constant-left", f"its constant is the left operand of the {node.op_type}: "
@@ -401,7 +403,9 @@ class _OnnxRewriter:
         shape = self._shape(call.input)
         if shape is None or self._shape(call.output) is None:
             return "no-shape", "ONNX shape inference found no shape for its input or output"
-        if len(shape) < 2 or not isinstance(shape[-1], int):
+        if len(shape) < 2:
+            return "not-2d", f"its input has shape {shape}: there is no batch dimension"
+        if not isinstance(shape[-1], int):
             return "no-shape", f"its input's features, the last of its dims {shape}, are not known"
         if len(shape) == 2:
             chain: set[ir.Node] = set()

@@ -144,13 +144,15 @@ def test_nhwc_transpose_is_folded_into_the_weight():
     assert producers[producers[first_conv.input[0]].input[0]].input[0] == "x"
 
 
-def test_trans_a_is_refused_with_a_reason_and_the_file_kept():
+@pytest.mark.parametrize("method", METHODS)
+def test_trans_a_is_refused_with_a_reason_and_the_file_kept(method):
     original = trans_a_head()
-    converted, report = fxconv.convert_onnx(original)
+    converted, report = fxconv.convert_onnx(original, method)
     assert [(s.name, s.code) for s in report.skipped] == [("w", "transA")] and not report.converted
     assert _ops(converted) == _ops(original)
+    assert_same(original, converted, (2, 2, 2))
     with pytest.raises(fxconv.NotConvertibleError, match="transA"):
-        fxconv.convert_onnx(original, strict=True)
+        fxconv.convert_onnx(original, method, strict=True)
 
 
 def test_every_gemm_or_matmul_with_a_constant_is_converted_or_reported():
@@ -287,21 +289,34 @@ def _export(model: nn.Module, path, dynamo: bool, size=32) -> onnx.ModelProto:
     return onnx.load(path)
 
 
-def _quantize(path, out, size=32) -> onnx.ModelProto:
+def _quantize(path, out, item_shape=(3, 32, 32), name="input", qdq=True) -> onnx.ModelProto:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Images(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"input": RNG.standard_normal((1, 3, size, size)).astype(np.float32)} for _ in range(4)])
+            self.batches = iter([{name: RNG.standard_normal((1, *item_shape)).astype(np.float32)} for _ in range(4)])
 
         def get_next(self):
             return next(self.batches, None)
 
     quant_pre_process(str(path), str(out))
-    quantize_static(str(out), str(out), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    quantize_static(str(out), str(out), Images(), quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)  # fmt: skip
     return onnx.load(out)
+
+
+def test_qoperator_files_and_subgraphs_are_reported(tmp_path):
+    onnx.save(matmul_add_head(), tmp_path / "head.onnx")
+    qoperator = _quantize(tmp_path / "head.onnx", tmp_path / "qop.onnx", (4, 3, 5), "x", qdq=False)
+    _, report = fxconv.convert_onnx(qoperator)
+    assert {s.code for s in report.skipped} == {"qoperator"} and not report.converted
+    branch = helper.make_graph([helper.make_node("Gemm", ["x2", "w"], ["b"], transB=1)], "then", [],
+                               [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 3])])  # fmt: skip
+    nodes = [helper.make_node("Flatten", ["x"], ["x2"]), helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)]
+    inputs = [_input((2, 2)), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])]
+    _, report = fxconv.convert_onnx(_graph(nodes, inputs, [_output(3)], {"w": _w(3, 4)}))
+    assert [(s.name, s.code) for s in report.skipped] == [("w", "subgraph")] * 2
 
 
 def _models():
