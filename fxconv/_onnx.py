@@ -475,7 +475,7 @@ class _OnnxRewriter:
             return False
         inp = self._shape(producer.inputs[0]) if producer.inputs else None
         out = self._shape(value)
-        if inp is None or len(inp) < 3 or not all(isinstance(d, int) for d in inp[1:]):
+        if inp is None or out is None or len(inp) < 3 or len(out) != 2 or not isinstance(out[1], int):
             return False
         vectors = _vectors(2, self.folded)
         if producer.op_type in _REDUCTIONS and not producer.attributes.get_int("keepdims", 1):
@@ -486,8 +486,10 @@ class _OnnxRewriter:
             # (N, C) is the flatten of an (N, C, 1, ...) map: entered as a vector.
             self.sources[value] = (vectors, value, (out[1], 1, 1))
             return True
+        if not all(isinstance(d, int) for d in inp[1:]):  # a flattened map's features must be known
+            return False
         flattens = (producer.op_type == "Flatten" and producer.attributes.get_int("axis", 1) == 1) or (
-            producer.op_type == "Reshape" and len(out) == 2 and out[1] == math.prod(inp[1:])
+            producer.op_type == "Reshape" and out[1] == math.prod(inp[1:])
             and (not isinstance(out[0], int) or not isinstance(inp[0], int) or out[0] == inp[0])
         )
         if not flattens or not 1 <= len(inp) - 2 <= 3:

@@ -425,3 +425,15 @@ def test_bad_arguments_are_fxconv_errors(tmp_path):
         fxconv.convert_onnx(nn.Linear(2, 2))
     with pytest.raises(fxconv.OnnxError, match="no ONNX file"):
         fxconv.convert_onnx(tmp_path / "absent.onnx")
+
+
+def test_a_pooled_head_converts_whatever_the_image_size():
+    """Free height and width: a global ReduceMean's (N, C) needs only C, so the head still converts."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["pooled"], axes=[2, 3], keepdims=0),
+             helper.make_node("Gemm", ["pooled", "w", "b"], ["y"], transB=1)]  # fmt: skip
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, "H", "W"])]
+    model = _graph(nodes, inputs, [_output(3)], {"w": _w(3, 4), "b": _w(3)}, opset=13)
+    converted, report = fxconv.convert_onnx(model, strict=True)
+    assert report.converted[0].flattened_from == (4, 1, 1) and weight_products(converted) == 0
+    for size in ((5, 7), (9, 2)):
+        assert_same(model, converted, (4, *size))
