@@ -246,15 +246,18 @@ def _vectors(spatial: int, folded: bool) -> PositionLayout:
 
 @dataclass(frozen=True)
 class _MapLayout:
-    """The conv form of a flattening ``flatten(map.transpose(perm))`` for a head's first (kernel) conv.
+    """The conv form of a flattening ``flatten(map.transpose(perm))`` for a head's first conv.
 
-    Folded, the map (N, C, *S) is laid (1, C, *S[:-1], N·S[-1]): the batch items side by side along the
-    last axis, where the first conv's kernel steps over them (stride S); batched, it is the map itself.
+    For a kernel covering the map: folded, the map (N, C, *S) is laid (1, C, *S[:-1], N·S[-1]), the batch
+    items side by side along the last axis where the kernel steps over them (stride S); batched, it is
+    the map itself. For a 1x1 conv (``kernel=False``, used when ``perm`` is not the identity): the map's
+    own flattening, in the (N, K) vector layout — so the model's Transpose goes for either method.
     """
 
     features: tuple[int, ...]  # (C, *S)
     perm: tuple[int, ...]  # the Transpose between the map and the flatten (identity if none)
     folded: bool
+    kernel: bool = True
 
     @property
     def spatial(self) -> int:
@@ -494,9 +497,6 @@ class _OnnxRewriter:
         )
         if not flattens or not 1 <= len(inp) - 2 <= 3:
             return False
-        if self.method == "1x1":  # the flattening itself, as (N, K, 1, 1)
-            self.sources[value] = (vectors, value, tuple(inp[1:]))
-            return True
         map_, perm = producer.inputs[0], tuple(range(len(inp)))
         transpose = map_.producer()
         channels_last = (0, *range(2, len(inp)), 1)
@@ -504,7 +504,10 @@ class _OnnxRewriter:
             # TensorFlow's NHWC flatten: the weight's columns are permuted to the NCHW map before it.
             map_, perm = transpose.inputs[0], channels_last
         features = tuple(self._shape(map_)[1:])
-        self.sources[value] = (_MapLayout(features, perm, self.folded), map_, features)
+        if self.method == "1x1" and perm == tuple(range(len(inp))):  # the flattening itself, as (N, K, 1, 1)
+            self.sources[value] = (vectors, value, features)
+        else:
+            self.sources[value] = (_MapLayout(features, perm, self.folded, self.method == "kernel"), map_, features)
         return True
 
     # -- moving ops into the conv layout --------------------------------------------------------
@@ -664,9 +667,9 @@ class _OnnxRewriter:
         form, layout = self._form(call.input) if call.input in self.forms or call.input in self.sources else self._entered(call.input)
         origin = self.origins.get(call.node, ())
         if isinstance(layout, _MapLayout):
-            kernel = layout.features[1:]
+            kernel = layout.features[1:] if layout.kernel else (1, 1)
             relay = (layout.features, layout.perm, kernel)
-            strides = kernel if layout.folded else (1,) * len(kernel)
+            strides = kernel if layout.folded and layout.kernel else (1,) * len(kernel)
             out_layout = _vectors(len(kernel), self.folded)
         else:
             kernel = (1,) * layout.spatial
@@ -718,7 +721,10 @@ class _OnnxRewriter:
         return self.forms[value]
 
     def _fold(self, map_: ir.Value, layout: _MapLayout) -> ir.Value:
-        """(N, C, *S) -> (1, C, *S[:-1], N·S[-1]) when folded; the map itself when batched."""
+        """(N, C, *S) -> (1, C, *S[:-1], N·S[-1]) when folded; the map itself when batched (for a 1x1
+        conv: the map's flattening as a vector, (1, K, 1, N) or (N, K, 1, 1))."""
+        if not layout.kernel:
+            return self._enter(self._add("Flatten", [map_], {"axis": 1}, "flatten")[0], _vectors(2, layout.folded))
         if not layout.folded:
             return map_
         r = len(layout.features) + 1
@@ -754,7 +760,9 @@ class _OnnxRewriter:
         if isinstance(layout, _MapLayout):  # a head's flattening before its first Linear: unfold, flatten
             r = len(layout.features) + 1
             unfold = list(range(r))
-            if layout.folded:  # (1, C, *S[:-1], N·S[-1]) -> (C, *S[:-1], N, S[-1]), then N first
+            if not layout.kernel:  # the map's flattening as a vector: back to (N, K), then (N, C, *S)
+                form = self._reshape(self._leave(form, _vectors(2, layout.folded)), [-1, *layout.features])
+            elif layout.folded:  # (1, C, *S[:-1], N·S[-1]) -> (C, *S[:-1], N, S[-1]), then N first
                 form = self._reshape(form, [*layout.features[:-1], -1, layout.features[-1]])
                 unfold = [r - 2, *range(r - 2), r - 1]
             perm = [unfold[p] for p in layout.perm]  # and the model's own Transpose before its flatten

@@ -134,14 +134,17 @@ def test_weight_names_are_kept_and_a_shared_weight_stays_one():
     assert not any(name.startswith("shared.") for name in initializers)
 
 
-def test_nhwc_transpose_is_folded_into_the_weight():
-    converted, report = fxconv.convert_onnx(nhwc_head())
+@pytest.mark.parametrize("method", METHODS)
+def test_nhwc_transpose_is_folded_into_the_weight(method):
+    """The weight's columns are permuted to the NCHW map, and the model's NHWC Transpose goes: the kernel
+    method folds the map itself, the 1x1 method flattens it."""
+    converted, report = fxconv.convert_onnx(nhwc_head(), method)
     assert report.converted[0].flattened_from == (4, 3, 5)  # the NCHW map, not the NHWC view of it
-    first_conv = next(n for n in converted.graph.node if n.op_type == "Conv")
-    producers = {o: n for n in converted.graph.node for o in n.output}
-    # The kernel method reads the NCHW input through the fold alone: the model's NHWC Transpose is gone.
-    assert [n.op_type for n in converted.graph.node[:3]] == ["Transpose", "Reshape", "Conv"]
-    assert producers[producers[first_conv.input[0]].input[0]].input[0] == "x"
+    assert not any(helper.get_attribute_value(n.attribute[0]) == [0, 2, 3, 1] for n in converted.graph.node
+                   if n.op_type == "Transpose")  # fmt: skip
+    expected = ["Transpose", "Reshape", "Conv"] if method == "kernel" else ["Flatten", "Transpose", "Unsqueeze", "Conv"]
+    assert [n.op_type for n in converted.graph.node[: len(expected)]] == expected
+    assert converted.graph.node[0].input[0] == "x"
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -437,3 +440,17 @@ def test_a_pooled_head_converts_whatever_the_image_size():
     assert report.converted[0].flattened_from == (4, 1, 1) and weight_products(converted) == 0
     for size in ((5, 7), (9, 2)):
         assert_same(model, converted, (4, *size))
+
+
+@pytest.mark.parametrize("layout", ["folded", "batched"])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_head_value_read_elsewhere_is_left_again_as_it_was(method, layout):
+    """The Relu between an NHWC flatten and the Linear is also a graph output: it runs in the conv layout
+    for the Linear, and its readers get it back in the file's own (NHWC-flattened) order."""
+    nodes = [helper.make_node("Transpose", ["x"], ["nhwc"], perm=[0, 2, 3, 1]),
+             helper.make_node("Flatten", ["nhwc"], ["flat"], axis=1), helper.make_node("Relu", ["flat"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]  # fmt: skip
+    model = _graph(nodes, [_input((4, 3, 5))], [_output(7), _output(60, name="r")], {"w": _w(60, 7)})
+    converted, report = fxconv.convert_onnx(model, method, layout=layout, strict=True)
+    assert_same(model, converted, (4, 3, 5))
+    assert [o.name for o in converted.graph.output] == ["y", "r"] and weight_products(converted) == 0
