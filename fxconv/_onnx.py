@@ -21,9 +21,9 @@ The patterns, as in the PyTorch pass:
   refused) or ``MatMul(x, B)`` followed by an ``Add`` of a bias, B a constant: an initializer, a
   ``Constant``, or either through a ``DequantizeLinear``.
 * A *flatten*: ``Flatten(axis=1)`` or a batch-keeping ``Reshape`` to (N, K) of an (N, C, *S) map, also
-  through a ``Transpose`` to channels-last (TensorFlow graphs flatten NHWC): ``method="kernel"`` then
-  permutes the weight's columns to the NCHW map, ``W.reshape(out, H, W, C).transpose(0, 3, 1, 2)``, and
-  the Transpose goes (``"1x1"`` reads the flattening as it is). A global ``ReduceMean``/``ReduceMax`` over
+  through a ``Transpose`` to channels-last (TensorFlow graphs flatten NHWC): the weight's columns are then
+  permuted to the NCHW map, ``W.reshape(out, H, W, C).transpose(0, 3, 1, 2)``, and the Transpose goes
+  (the 1x1 method reads the NCHW map's own flattening). A global ``ReduceMean``/``ReduceMax`` over
   the spatial axes (or the token axis of (N, L, C)) is the flatten of an (N, C, 1, ...) map.
 * *Movable* ops between the flatten and the Linear and between Linears: element-wise ones with
   single-value operands (Relu, Clip, Mul by a scalar, ``x · HardSigmoid(x)``, ...) and per-tensor
