@@ -39,7 +39,7 @@ from ._util import as_tuple
 from .capture import export_again
 from .capture import capture as capture_graph  # the name ``capture`` is convert's keyword
 from .errors import InvalidArgumentError, NotConvertibleError
-from .options import CAPTURES, LAYOUTS, METHODS, SCOPES
+from .options import LAYOUTS, METHODS, SCOPES
 from .report import Report, Skipped
 
 __all__ = ["ConvertResult", "convert"]
