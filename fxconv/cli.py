@@ -244,17 +244,17 @@ def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
         original = load_onnx(args.model)
     with _step("converting", timings, "convert"):
         converted, report = convert_onnx(original, args.method, scope=args.scope, layout=args.layout or "folded")
+    shape = list(_parse_shape(args.input_shape)) if args.input_shape else None
     example = None
-    if args.input_shape:  # for files whose declared inputs have free dims beyond the batch
+    if shape:  # for files whose declared inputs have free dims beyond the batch
         import torch
 
-        example = torch.randn(_parse_shape(args.input_shape))
+        example = torch.randn(shape)
 
     def write(path: Path) -> None:
         large = converted.ByteSize() >= 2**31 - 2**20  # protobuf's limit, less room for the graph
         onnx.save(converted, path, save_as_external_data=large, location=f"{path.name}.data")
 
-    shape = list(_parse_shape(args.input_shape)) if args.input_shape else None
     return _Source(report, write, "writing the converted ONNX file", args.model, f"the original {args.model}", example, shape)
 
 
