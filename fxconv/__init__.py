@@ -29,7 +29,7 @@ except _metadata.PackageNotFoundError:  # run from a source tree that is not ins
 _LAZY = {  # public name: the module that defines it
     "ConvertResult": "_convert",
     "convert": "_convert",
-    "convert_onnx": "_onnx",
+    "convert_onnx": "onnx.convert",
     "OnnxCheck": "check",
     "check_onnx": "check",
     "load_onnx": "check",

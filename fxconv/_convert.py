@@ -21,8 +21,9 @@ After::
     x ─ permute, unsqueeze: (N, C, 1, L) ─ LayerNorm over dim 1 ─ conv 1x1 ─ GELU ─ conv 1x1 ─ + ─ squeeze, permute ─▶
 
 The steps: capture (``capture.py``: symbolic_trace, torch.export, or the graph you give, with every
-node's shape recorded on the example), rewrite (``_rewrite.py``, with the spellings of both graph levels
-in ``_patterns.py``; dense mode in ``_dense.py``), and the report.
+node's shape recorded on the example), the rewrite (``fxconv.engine`` planning and walking the graph
+through the fx front end, ``fxconv.fx``; the ops it carries are ``fxconv.carry``'s rules; dense mode in
+``fxconv.fx.dense``), and the report.
 """
 
 from __future__ import annotations
@@ -33,17 +34,19 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 
-from ._dense import DenseRewriter
-from ._rewrite import Rewriter
 from ._util import as_tuple
-from .capture import export_again
 from .capture import capture as capture_graph  # the name ``capture`` is convert's keyword
+from .capture import export_again
+from .codes import skip
+from .engine.rewrite import Rewrite
 from .errors import InvalidArgumentError, NotConvertibleError
+from .fx.dense import make_dense
+from .fx.emit import FxBuilder
+from .fx.read import FxView
 from .options import LAYOUTS, METHODS, SCOPES
-from .report import Report, Skipped
+from .report import Report
 
 __all__ = ["ConvertResult", "convert"]
-
 
 
 class ConvertResult(NamedTuple):
@@ -84,7 +87,7 @@ def convert(
     (``x.mean((2, 3))``, and ``x.mean(1)`` of (N, L, C) tokens); ``scope="all"`` converts every Linear:
     the others run at each position of their input as 1x1 convolutions, tokens (N, L, C) as (N, C, 1, L)
     and channels-last maps (N, H, W, C) as NCHW, and the element-wise ops and LayerNorms between them
-    run in that layout too, so that a block changes layout once in and once out (see ``fxconv._layouts``).
+    run in that layout too, so that a block changes layout once in and once out (see ``fxconv.layouts``).
     ``report.converted[i].layout`` says which layout each Linear took.
 
     ``layout`` says where the batch goes inside the head. ``"folded"`` (the default) tiles the batch
@@ -95,7 +98,7 @@ def convert(
     always batched.
 
     ``dense=True`` (method "kernel") makes the model fully convolutional: for inputs larger than the
-    example it returns (N, out, h, w), one prediction per window; see ``fxconv._dense``. A model whose
+    example it returns (N, out, h, w), one prediction per window; see ``fxconv.fx.dense``. A model whose
     head cannot be made dense raises :class:`NotConvertibleError` naming the obstacle: every window is
     exact or the conversion is refused. ``approximate=True`` accepts global pools inside the backbone
     (squeeze-and-excitation blocks): each window then sees the whole image through them, and
@@ -119,13 +122,14 @@ def convert(
     captured = capture_graph(model, inputs, capture, inplace=inplace)
     report = Report(method=method, scope=scope, layout=layout, dense=dense, capture=captured.how, capture_note=captured.note)
     report.skipped += [
-        Skipped(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
+        skip(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
         for name, where in captured.hidden
     ]
+    view = FxView(captured.gm)
+    rewrite = Rewrite(view, FxBuilder(captured.gm, view), method, layout, scope, report)
+    rewrite.run()
     if dense:
-        DenseRewriter(captured.gm, method, layout, report, scope, inputs=inputs, approximate=approximate).run()
-    else:
-        Rewriter(captured.gm, method, layout, report, scope).run()
+        make_dense(rewrite, inputs, approximate)
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     if captured.program is not None:

@@ -15,7 +15,8 @@ Every rule is exact:
   folded weight takes the name of the weight it re-lays out (``classifier.1.weight``), so configs and
   quantisation overrides that name the Linear's weight still find it.
 * A Transpose whose permutation keeps the order of the axes longer than 1 moves size-1 axes only: it
-  is a Reshape to its output shape (at a static batch of 1 the folded layout's batch moves are such).
+  is a Reshape to its output shape (at a static batch of 1 the folded layout's batch moves are such);
+  so is a Squeeze, Unsqueeze or Flatten whose shapes are static.
 * A Reshape of a Reshape is a Reshape of the first one's input (both keep row-major order), and a
   Reshape to its input's shape is no op at all.
 * A Conv axis on which the input is exactly one kernel long, unpadded, has one output position whatever
@@ -32,7 +33,10 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 from onnxscript.optimizer import fold_constants, optimize
 
+from .onnx.names import name_after_originals
+
 _RELAYOUT_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+_RESHAPES = {"Squeeze", "Unsqueeze", "Flatten"}  # at static shapes, Reshapes to their output shape
 
 
 def tidy(model: ir.Model) -> ir.Model:
@@ -43,7 +47,7 @@ def tidy(model: ir.Model) -> ir.Model:
     graph = model.graph
     fold_constants(model, should_fold=lambda node: True if node.op_type in _RELAYOUT_OPS else None)
     ir_passes.RemoveUnusedNodesPass()(model)  # drops the weights that were folded away
-    _name_after(graph, weights)
+    name_after_originals(graph, {v: weights[v.name] for v in graph.initializers.values() if v.name in weights})
     simplify_moves(model)
     ir_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
     return model
@@ -53,7 +57,9 @@ def simplify_moves(model: ir.Model) -> None:
     """The shape rules above: Transposes of size-1 axes as Reshapes, Reshape chains collapsed, unit strides."""
     graph = model.graph
     for node in list(graph):
-        if node.op_type == "Transpose" and _moves_unit_axes(node):
+        if (node.op_type == "Transpose" and _moves_unit_axes(node)) or (
+            node.op_type in _RESHAPES and _static(node.inputs[0]) is not None and _static(node.outputs[0]) is not None
+        ):
             _as_reshape(graph, node)
     for node in list(graph):
         if node.op_type == "Reshape":
@@ -74,36 +80,6 @@ def _relaid_weights(graph: ir.Graph) -> dict[str, str]:
         if root is not None:
             roots[node.outputs[0].name] = root
     return roots
-
-
-def _name_after(graph: ir.Graph, weights: dict[str, str]) -> None:
-    """Give each folded weight the name of the weight it came from (``name.1``, ... if that one stays).
-
-    A Linear called at two places is folded twice into equal tensors: they become one initializer.
-    """
-    folded: dict[str, list[ir.Value]] = {}
-    for value in list(graph.initializers.values()):
-        root = weights.get(value.name)
-        if root is None:
-            continue
-        twin = next((v for v in folded.get(root, ()) if _equal(v, value)), None)
-        if twin is not None:
-            ir.convenience.replace_all_uses_with(value, twin)
-            graph.initializers.pop(value.name)
-            continue
-        folded.setdefault(root, []).append(value)
-        name, n = root, 0
-        while name in graph.initializers:
-            n += 1
-            name = f"{root}.{n}"
-        graph.initializers.pop(value.name)
-        value.name = name
-        graph.register_initializer(value)
-
-
-def _equal(a: ir.Value, b: ir.Value) -> bool:
-    x, y = a.const_value.numpy(), b.const_value.numpy()
-    return x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y)
 
 
 def constant_array(value: ir.Value | None):
@@ -127,7 +103,8 @@ def _moves_unit_axes(node: ir.Node) -> bool:
 
 
 def _as_reshape(graph: ir.Graph, node: ir.Node) -> None:
-    """Replace a Transpose of size-1 axes by the Reshape to its (static) output shape."""
+    """Replace a node that keeps the elements' order (a Transpose of size-1 axes, a Squeeze, ...) by the
+    Reshape to its (static) output shape."""
     output = node.outputs[0]
     shape = ir.Value(name=f"{output.name}_shape", const_value=ir.tensor(np.array(_static(output), np.int64)))
     graph.register_initializer(shape)

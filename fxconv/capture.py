@@ -8,7 +8,7 @@
     GraphModule (traced by you, or ExportedProgram.module()) ───────────────────────────────────────▶ rewrite
     ExportedProgram ──.module()──▶ ATen-level GraphModule ──▶ rewrite ──▶ torch.export again
 
-The rewrite never asks how its graph was made: ``_patterns`` maps both levels' spellings to the same roles.
+The rewrite never asks how its graph was made: the rules (``fxconv.carry``) name both levels' spellings.
 
 Faithful. ``symbolic_trace`` can record a graph that is not the model: it traces the class's ``forward``
 even where the instance has its own (``model.forward = ...``, as pretrainedmodels does), and it drops the
@@ -39,7 +39,7 @@ from torch.fx import Node
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves
 
-from ._patterns import module_path
+from .fx.nodes import module_path
 from ._util import batch_of_two, eval_mode, first_line
 from .errors import ExampleInputError, InvalidArgumentError, TraceError
 from .options import CAPTURES

@@ -237,7 +237,7 @@ def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
         )
     import onnx
 
-    from ._onnx import convert_onnx
+    from .onnx.convert import convert_onnx
     from .check import load_onnx
 
     with _step("loading the ONNX file", timings, "load"):

@@ -23,8 +23,14 @@ class Skipped:
     """One Linear call left as it was."""
 
     name: str
-    code: str  # a stable short code, e.g. "not-flattened"
+    code: str  # a stable short code, e.g. "not-flattened" (fxconv.codes.CODES says what each means)
     reason: str  # a sentence for a person
+
+    def matches(self, code: str) -> bool:
+        """Whether this is a skip of ``code``, also under a name the code had before (``fxconv.codes.ALIASES``)."""
+        from .codes import ALIASES
+
+        return self.code == ALIASES.get(code, code)
 
 
 @dataclass(frozen=True)

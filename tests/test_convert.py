@@ -192,7 +192,7 @@ def test_a_shared_linear_keeps_one_set_of_weights():
         (BatchFolding(), torch.randn(2, 3, 4, 4), "folds-batch"),
         (NormAfterFlatten(), torch.randn(2, 2, 3, 3), "needs-1x1"),
         (InplaceOnShared(), torch.randn(2, 2, 3, 3), "inplace"),
-        (SqueezeAll(), torch.randn(1, 2, 4, 4), "not-flattened"),
+        (SqueezeAll(), torch.randn(1, 2, 4, 4), "no-batch"),  # squeeze() of a batch of 1 drops it
     ],
     ids=["token-head", "mlp", "folds-batch", "norm-after-flatten", "inplace-on-shared", "squeeze-batch-1"],
 )

@@ -187,13 +187,13 @@ def test_every_gemm_or_matmul_with_a_constant_is_converted_or_reported():
 
 
 def test_reductions_conv1d_maps_constants_and_old_opsets():
-    """A global ReduceMean head (axes as an attribute at opset 11), a Reshape of a 1-D map (conv1d), and a
-    weight in a Constant node."""
+    """A global ReduceMean head (axes as an attribute at opset 11), a flatten of a Reshape that keeps the
+    batch (looked past, as in the PyTorch pass: the map is ``x``), and a weight in a Constant node."""
     nodes = [
         helper.make_node("ReduceMean", ["x"], ["pooled"], axes=[2, 3], keepdims=0),
         helper.make_node("Constant", [], ["w_const"], value=numpy_helper.from_array(_w(3, 4), "w_const")),
         helper.make_node("Gemm", ["pooled", "w_const", "b"], ["y"], transB=1),
-        helper.make_node("Reshape", ["x", "shape"], ["rows"]),  # (N, 4, 15): a 1-D map
+        helper.make_node("Reshape", ["x", "shape"], ["rows"]),  # (N, 4, 15), flattened as x would be
         helper.make_node("Flatten", ["rows"], ["flat"], axis=1),
         helper.make_node("Mul", ["flat", "half"], ["scaled"]),
         helper.make_node("MatMul", ["scaled", "w2"], ["z"]),
@@ -204,7 +204,7 @@ def test_reductions_conv1d_maps_constants_and_old_opsets():
         converted, report = fxconv.convert_onnx(model, method, strict=True)
         assert_same(model, converted, (4, 3, 5))
         kernels = [c.kernel for c in report.converted]
-        assert kernels == ([(1, 1), (15,)] if method == "kernel" else [(1, 1), (1, 1)])
+        assert kernels == ([(1, 1), (3, 5)] if method == "kernel" else [(1, 1), (1, 1)])
         assert weight_products(converted) == 0 and "Gemm" not in _ops(converted)
 
 

@@ -93,7 +93,7 @@ def test_any_onnx_head_converts_and_matches(c, spatial, widths, spelling, channe
                               initializers)  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     converted, report = fxconv.convert_onnx(model, method, layout=layout, strict=True)
-    assert len(report.converted) == len(widths) and report.converted[0].kernel == (spatial if method == "kernel" else (1, 1))
+    assert len(report.converted) == len(widths) and report.converted[0].kernel == (spatial if method == "kernel" else (1,) * len(spatial))  # the map's conv rank, as in convert
     for n in (1, 3):
         x = rng.standard_normal((n, c, *spatial)).astype(np.float32)
         want, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

@@ -11,7 +11,7 @@ from torch import nn
 
 import fxconv
 from conftest import assert_same_outputs, onnx_session
-from fxconv import _patterns as P
+from fxconv.fx.nodes import op_name
 from fxconv.check import load_onnx, op_census, weight_products
 from test_capture import weight_products as linear_calls
 
@@ -26,7 +26,7 @@ TRANSPOSES = {"permute", "transpose", "t", "movedim", "swapaxes", "swapdims", "n
 def layout_changes(module) -> int:
     """How many permutes/transposes a graph runs (torch or ATen level)."""
     gm = module.module() if isinstance(module, torch.export.ExportedProgram) else module
-    return sum(P.op_name(n) in TRANSPOSES or (P.op_name(n) == "getattr" and n.args[1] in ("T", "mT")) for n in gm.graph.nodes)
+    return sum(op_name(n) in TRANSPOSES or (op_name(n) == "getattr" and n.args[1] in ("T", "mT")) for n in gm.graph.nodes)
 
 
 class Mlp(nn.Module):
@@ -336,7 +336,7 @@ def test_a_linear_on_more_than_three_position_dims_runs_them_as_one_row_of_token
 def test_a_linear_without_a_batch_dim_is_reported_and_strict_refuses_it():
     model, x = Spelled("functional").eval(), torch.randn(6)
     _, report = fxconv.convert(model, x, scope="all", capture="fx")
-    assert [(s.name, s.code) for s in report.skipped] == [("fc", "rank")]
+    assert [(s.name, s.code) for s in report.skipped] == [("fc", "no-batch")]  # as convert_onnx says it
     assert "no batch dimension" in report.skipped[0].reason
     with pytest.raises(fxconv.NotConvertibleError, match="1 Linear left alone"):
         fxconv.convert(model, x, scope="all", capture="fx", strict=True)

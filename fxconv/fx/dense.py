@@ -30,7 +30,10 @@ reduction or GroupNorm inside the backbone (squeeze-and-excitation blocks), and 
 not grow when the input does (a pool hidden in a module the graph keeps whole; checked by running an
 input twice the example's size once). ``approximate=True`` accepts the global pools of the backbone —
 each window's features then depend on the whole image — and lists them in ``report.approximate``.
-Last, each head's final flatten is dropped, moved past element-wise ops up to the model's output.
+Last, each head's way out of its layout is dropped, moved past element-wise ops up to the model's
+output, which becomes the (N, K, h, w) map.
+
+The head finding and rewrite are the engine's (``fxconv.engine``); this module works on its result.
 """
 
 from __future__ import annotations
@@ -40,44 +43,69 @@ import operator
 
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import fx, nn
 from torch.fx import Node
 
-from . import _patterns as P
-from ._rewrite import Rewriter, shape_of
-from ._util import eval_mode
-from .capture import node_place
-from .errors import NotConvertibleError
-from .report import Frozen
+from ..capture import node_place
+from ..engine.rewrite import Rewrite
+from ..errors import NotConvertibleError
+from ..report import Frozen
+from .._util import eval_mode
+from .nodes import arg, key, module_path, shape_of
 
+aten = torch.ops.aten
 _AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_ADAPTIVE = {
+    F.adaptive_avg_pool1d: "avg", F.adaptive_avg_pool2d: "avg", F.adaptive_avg_pool3d: "avg",
+    F.adaptive_max_pool1d: "max", F.adaptive_max_pool2d: "max", F.adaptive_max_pool3d: "max",
+    aten.adaptive_avg_pool1d: "avg", aten.adaptive_avg_pool2d: "avg", aten._adaptive_avg_pool2d: "avg",
+    aten.adaptive_avg_pool3d: "avg", aten._adaptive_avg_pool3d: "avg",
+}  # fmt: skip
+_FIXED = {
+    F.avg_pool1d: "avg", F.avg_pool2d: "avg", F.avg_pool3d: "avg", F.max_pool1d: "max", F.max_pool2d: "max",
+    F.max_pool3d: "max", aten.avg_pool1d: "avg", aten.avg_pool2d: "avg", aten.avg_pool3d: "avg",
+    aten.max_pool1d: "max", aten.max_pool2d: "max", aten.max_pool3d: "max",
+}  # fmt: skip
+_ADAPTIVE_MODULES = {
+    nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
+    nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max",
+}  # fmt: skip
+_FIXED_MODULES = {
+    nn.AvgPool1d: "avg", nn.AvgPool2d: "avg", nn.AvgPool3d: "avg", nn.MaxPool1d: "max", nn.MaxPool2d: "max",
+    nn.MaxPool3d: "max",
+}  # fmt: skip
+_SPATIAL_NORMS = {F.group_norm, F.instance_norm, aten.group_norm, aten.instance_norm}
+_CONVS = {F.conv1d, F.conv2d, F.conv3d, aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution}
 
 
-class DenseRewriter(Rewriter):
-    """The head rewrite, then: freeze the pooling in front of each head and drop its final flatten."""
+def make_dense(rewrite: Rewrite, inputs: tuple[torch.Tensor, ...], approximate: bool) -> None:
+    """After ``rewrite`` ran: freeze the pooling in front of each head and hand its map to the output."""
+    _Dense(rewrite, inputs, approximate).run()
 
-    def __init__(self, gm, method, layout, report, scope="heads", *, inputs: tuple[torch.Tensor, ...],
-                 approximate: bool = False):
-        super().__init__(gm, method, layout, report, scope)
-        self.inputs, self.approximate = inputs, approximate
+
+class _Dense:
+    def __init__(self, rewrite: Rewrite, inputs: tuple[torch.Tensor, ...], approximate: bool):
+        self.rewrite, self.inputs, self.approximate = rewrite, inputs, approximate
+        self.report, self.gm = rewrite.report, rewrite.view.gm
+        self.graph, self.modules = self.gm.graph, rewrite.view.modules
 
     def run(self) -> None:
-        self.rewrite()
         # A Linear acting at each position of a map (a transformer block's MLP) slides along as it is.
         obstacles = [s for s in self.report.skipped if s.code != "not-2d"]
         if obstacles:
             left = "; ".join(f"{s.name}: {s.reason}" for s in obstacles)
             raise NotConvertibleError(f"dense mode needs every head Linear converted, but {len(obstacles)} "
                                       f"left alone: {left}")
-        if not self.report.converted:
+        if not self.rewrite.heads:
             raise NotConvertibleError("dense mode: the model has no Linear fed by a flattened feature map")
-        pools = {map_: self._pool_in_front(map_) for map_ in dict.fromkeys(self.maps)}
+        heads = self.rewrite.heads
+        pools = {head.map: self._pool_in_front(head.map) for head in heads}
         # Heads inside the backbone: a squeeze-and-excitation gate built from Linears.
-        inner = {map_ for map_, pool in pools.items() if pool is not None and self._gates_a_map(pool)}
-        self.inner = inner  # _check_growth exempts them: their pool stays global
-        global_pools = [n for n in self.graph.nodes if P.pools_over_space(n, self.modules, shape_of)]
-        backbone = [n for n in global_pools if n not in pools.values() or n in (pools[m] for m in inner)]
+        self.inner = {m for m, pool in pools.items() if pool is not None and self._gates_a_map(pool)}
+        global_pools = [n for n in self.graph.nodes if self._pools_over_space(n)]
+        inner_pools = {pools[m] for m in self.inner}
+        backbone = [n for n in global_pools if n not in pools.values() or n in inner_pools]
         if backbone and not self.approximate:
             raise NotConvertibleError(
                 f"dense mode: {node_place(backbone[0])} pools over the whole feature map inside the backbone "
@@ -86,24 +114,32 @@ class DenseRewriter(Rewriter):
                 + ". Pass approximate=True (CLI: --approximate) to accept that"
             )
         self.report.approximate = [node_place(n) for n in backbone]
-        # Which flattens end a real head is read before freezing replaces the maps the heads start from.
-        outputs = [n for n in self.graph.nodes if n in self.flats and self._head_map(n) not in inner]
+        for head in heads:
+            if head.pooled_positions and head.map not in self.inner:
+                raise NotConvertibleError(
+                    f"dense mode: the head at {node_place(pools[head.map] or head.map)} pools over the positions "
+                    "of a channels-last value; dense mode slides heads over (N, C, H, W) maps (scope='all' runs a "
+                    "channels-last value as one when a Linear before the pool reads it)"
+                )
+        alive = set(self.graph.nodes)  # the ways out of a head's layout that something still reads
+        outputs = [leaf for leaf, form in self.rewrite.leaves.items()
+                   if leaf in alive and (form.head or form.entry) and (form.head or form.entry).map not in self.inner]
         for map_, pool in pools.items():
-            if pool is not None and map_ not in inner:
+            if pool is not None and map_ not in self.inner:
                 self._freeze(pool)
-        for node in outputs:
-            self._drop_flatten(node)
+        for leaf in outputs:
+            self._drop_leave(leaf)
         self._lift_size_guards()
-        self.finish()
+        self.rewrite.build.finish()
         self._check_growth()
 
     # -- the pool in front of a head -----------------------------------------------------------------
 
     def _pool_in_front(self, node: Node) -> Node | None:
         """The pool or reduction that a head's map comes from through single-input ops, if any."""
-        while P.pooling(node, self.modules) is None and P.fixed_pool(node, self.modules) is None:
+        while self._pooling(node) is None and self._fixed_pool(node) is None:
             inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
-            if len(inputs) != 1 or P.is_conv(node, self.modules):  # the backbone: no pooling in front
+            if len(inputs) != 1 or self._is_conv(node):  # the backbone: no pooling in front
                 return None
             node = inputs[0]
         return node
@@ -124,33 +160,17 @@ class DenseRewriter(Rewriter):
                     return True
         return False
 
-    def _head_map(self, node: Node) -> Node | None:
-        """The map a head's flatten descends from."""
-        maps, seen, todo = set(self.maps), set(), [node]
-        while todo:
-            current = todo.pop()
-            if current in maps:
-                return current
-            seen.add(current)
-            todo.extend(n for n in current.all_input_nodes if n not in seen)
-        return None
-
     def _freeze(self, pool: Node) -> None:
         """Replace a pool in front of a head by the stride-1 (or identity) pool it was for the example."""
-        if self._pools_positions(pool) is not None:
-            raise NotConvertibleError(
-                f"dense mode: the head at {node_place(pool)} pools over the positions of a channels-last value; "
-                "dense mode slides heads over (N, C, H, W) maps (scope='all' runs a channels-last value as one "
-                "when a Linear before the pool reads it)"
-            )
         x = pool.all_input_nodes[0]
-        size_in, size_out = shape_of(x)[2:], _kept_size(pool, shape_of(x))
-        fixed = P.fixed_pool(pool, self.modules)
+        size_in = shape_of(x)[2:]
+        size_out = (shape_of(pool) or (None, None, *(1,) * len(size_in)))[2:]
+        fixed = self._fixed_pool(pool)
         if fixed is not None:
             kind, padding, extras = fixed
             if all(o > 1 for o in size_out):
                 return  # a fixed pool that keeps a map slides along as it is
-            kernel = _pool_kernel(pool, self.modules, len(size_in))
+            kernel = _as_tuple(self._pool_arg(pool, "kernel_size", 1), len(size_in))
             covers = all(o > 1 or k == i for i, o, k in zip(size_in, size_out, kernel))
             if extras or not covers or any(_as_tuple(padding, len(size_in))):
                 raise NotConvertibleError(
@@ -158,11 +178,12 @@ class DenseRewriter(Rewriter):
                     f"example's {size_in} map (or pads, dilates or rescales it), so a window would not be the "
                     "model on its crop"
                 )
-            stride = _as_tuple(_pool_stride(pool, self.modules, kernel), len(size_in))
+            stride = self._pool_arg(pool, "stride", 2)
+            stride = _as_tuple(stride if stride not in (None, [], ()) else kernel, len(size_in))
             kernel = tuple(i if o == 1 else k for i, o, k in zip(size_in, size_out, kernel))
             stride = tuple(1 if o == 1 else s for o, s in zip(size_out, stride))
         else:
-            kind = P.pooling(pool, self.modules)
+            kind = self._pooling(pool)
             kernel, stride = [], []
             for i, o in zip(size_in, size_out):
                 if i % o:
@@ -182,19 +203,21 @@ class DenseRewriter(Rewriter):
 
     # -- the output ----------------------------------------------------------------------------------
 
-    def _drop_flatten(self, node: Node) -> None:
+    def _drop_leave(self, leaf: Node) -> None:
         """Hand a head's output to the model's output as the (N, K, h, w) map, not flattened."""
-        flat = self.flats[node]
-        for user in list(node.users):
+        form = self.rewrite.leaves[leaf]
+        for user in list(leaf.users):
             if user.op == "output":
-                user.replace_input_with(node, flat.map)
-            elif P.op_kind(user, self.modules) is P.Kind.ELEMENTWISE and P.data_input(user) is node:
-                self._drop_flatten(self.move(user, flat).node)
-            else:
+                user.replace_input_with(leaf, form.value)
+                continue
+            with self.rewrite.build.at(user, meta_from=user):
+                moved = self.rewrite.carry(user, force=True)
+            if not moved:
                 raise NotConvertibleError(
                     f"dense mode: the flattened output of a head is read by {node_place(user)}, which needs "
                     "the (N, features) vector rather than a map"
                 )
+            self._drop_leave(self.rewrite.now[user])
 
     def _lift_size_guards(self) -> None:
         """Drop the checks a torch.export graph makes that inputs have the example's size.
@@ -205,10 +228,10 @@ class DenseRewriter(Rewriter):
         for node in [n for n in self.graph.nodes if n.op == "call_module" and n.target == "_guards_fn"]:
             self.graph.erase_node(node)
         hooks = self.gm._forward_pre_hooks
-        for key, hook in list(hooks.items()):
+        for k, hook in list(hooks.items()):
             if getattr(getattr(hook, "func", hook), "__name__", "") == "_check_input_constraints_pre_hook":
-                del hooks[key]
-                self.gm._forward_pre_hooks_with_kwargs.pop(key, None)
+                del hooks[k]
+                self.gm._forward_pre_hooks_with_kwargs.pop(k, None)
 
     def _check_growth(self) -> None:
         """Run an input twice the example's size: every head's output must grow, or a pool hides in a
@@ -233,42 +256,95 @@ class DenseRewriter(Rewriter):
             raise NotConvertibleError(
                 f"dense mode: the model cannot run an input twice the example's size: {type(e).__name__}: {e}"
             ) from e
-        for conv, name in self.heads:
-            if conv.args[0] not in self.inner and conv in sizes and all(s == 1 for s in sizes[conv]):
+        for head in self.rewrite.heads:
+            conv = head.conv
+            if head.map not in self.inner and conv in sizes and all(s == 1 for s in sizes[conv]):
                 owner = self._owner(conv.args[0])
                 raise NotConvertibleError(
-                    f"dense mode: the map in front of {name} does not grow with the input; {node_place(owner)} "
+                    f"dense mode: the map in front of {head.name} does not grow with the input; {node_place(owner)} "
                     "must pool it globally inside: trace that module through (or pass a graph that shows its pooling)"
                 )
 
     def _owner(self, node: Node) -> Node:
         """The module call a map comes from, looking back past single-input function calls."""
-        while node.op != "call_module" and len(node.all_input_nodes) == 1 and not P.module_path(node):
+        while node.op != "call_module" and len(node.all_input_nodes) == 1 and not module_path(node):
             node = node.all_input_nodes[0]
         return node
 
+    # -- what pools ----------------------------------------------------------------------------------
 
-def _kept_size(pool: Node, size_in: tuple[int, ...]) -> tuple[int, ...]:
-    """The spatial size a pool produced for the example (a reduction keeps 1s)."""
-    out = shape_of(pool)
-    return out[2:] if out is not None else (1,) * (len(size_in) - 2)
+    def _pooling(self, node: Node) -> str | None:
+        """For an adaptive pool or a reduction over dims: "avg", "sum", "max" or "min"; else None."""
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            return None if getattr(module, "return_indices", False) else _ADAPTIVE_MODULES.get(type(module))
+        kind = _ADAPTIVE.get(key(node)) if _hashable(key(node)) else None
+        if kind is not None:
+            return None if node.kwargs.get("return_indices") else kind
+        record = self.rewrite.view.read(node)
+        if record is not None and record.rule.name == "over-dims" and record.params["kind"] in ("mean", "sum", "max", "min"):
+            return {"mean": "avg"}.get(record.params["kind"], record.params["kind"])
+        return None
+
+    def _fixed_pool(self, node: Node) -> tuple[str, object, object] | None:
+        """For a pool of fixed kernel: ``(kind, padding, extras)``, extras what a plain pool lacks; else None."""
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            kind = _FIXED_MODULES.get(type(module))
+            if kind is None:
+                return None
+            extras = getattr(module, "divisor_override", None) or getattr(module, "return_indices", False)
+            extras = extras or getattr(module, "dilation", 1) not in (1, (1,), (1, 1), (1, 1, 1))
+            return kind, module.padding, extras
+        kind = _FIXED.get(key(node)) if _hashable(key(node)) else None
+        if kind is None:
+            return None
+        dilation = arg(node, 4, "dilation", 1) if kind == "max" else 1
+        extras = (kind == "avg" and arg(node, 6, "divisor_override")) or node.kwargs.get("return_indices")
+        extras = extras or (isinstance(dilation, int) and dilation != 1) or (not isinstance(dilation, int) and set(dilation) != {1})
+        return kind, arg(node, 3, "padding", 0), extras
+
+    def _pool_arg(self, pool: Node, name: str, index: int):
+        return getattr(self.modules[pool.target], name) if pool.op == "call_module" else arg(pool, index, name)
+
+    def _pools_over_space(self, node: Node) -> bool:
+        """Whether ``node`` mixes positions of a feature map globally: an adaptive pool, a reduction over a
+        spatial dim, or a GroupNorm/InstanceNorm (statistics over the whole map)."""
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+                return not module.track_running_stats or module.training
+            return isinstance(module, (nn.GroupNorm, *_ADAPTIVE_MODULES))
+        target = key(node)
+        if _hashable(target) and (target in _ADAPTIVE or target in _SPATIAL_NORMS):
+            return True
+        if node.op not in ("call_function", "call_method"):
+            return False
+        record = self.rewrite.view.read(node)
+        if record is None or record.rule.name != "over-dims" or record.params["kind"] not in ("mean", "sum", "max", "min"):
+            return False
+        size = record.data.shape
+        if size is None or len(size) < 3:
+            return False
+        return any(d % len(size) >= 2 and size[d % len(size)] > 1 for d in record.params["dims"])
+
+    def _is_conv(self, node: Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.modules[node.target], nn.modules.conv._ConvNd)
+        return _hashable(key(node)) and key(node) in _CONVS
+
+
+def _hashable(value) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _as_tuple(value, rank: int) -> tuple[int, ...]:
     """A pool's kernel/stride/padding argument as one int per spatial dim."""
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * rank
-
-
-def _pool_kernel(pool: Node, modules, rank: int) -> tuple[int, ...]:
-    """The kernel size of a fixed pool (module or call)."""
-    value = modules[pool.target].kernel_size if pool.op == "call_module" else P.arg(pool, 1, "kernel_size")
-    return _as_tuple(value, rank)
-
-
-def _pool_stride(pool: Node, modules, kernel: tuple[int, ...]):
-    """The stride of a fixed pool: its kernel where none is given."""
-    value = modules[pool.target].stride if pool.op == "call_module" else P.arg(pool, 2, "stride")
-    return value if value not in (None, [], ()) else kernel
 
 
 def _fixed_pool(graph, x: Node, kind: str, kernel: tuple[int, ...], stride: tuple[int, ...]) -> Node:

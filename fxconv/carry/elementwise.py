@@ -1,0 +1,70 @@
+"""Element-wise ops: activations, arithmetic, residual adds, casts, Dropout — one output element per input element.
+
+Before (tokens (N, L, C); ``m`` the conv form (N, C, 1, L) of ``x``)::
+
+    y = gelu(x) * gamma + x          gamma (C,), a per-channel scale
+
+After::
+
+    y_form = gelu(m) * gamma.view(1, C, 1, 1) + m
+
+``f(leave(m)) == leave(f(m))`` for any element-wise ``f``: the layout change is a permutation of the
+elements plus size-1 dims. An operand that broadcasts against the value is laid out the same way
+(padded to the value's rank with leading 1s, then entered: ``gamma`` becomes (1, C, 1, 1)), a single
+value stays as it is, and another activation (a residual, a mask) is entered into the layout. Between a
+flatten and a head's Linear the operands must be single values: the features are a map there.
+"""
+
+from __future__ import annotations
+
+from . import Moved, Rule, operand_reason
+
+_ACTIVATIONS = (
+    "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "hardswish", "hardsigmoid",
+    "hardtanh", "sigmoid", "tanh", "softplus", "softsign",
+)  # fmt: skip
+_MATH = ("abs", "neg", "exp", "expm1", "log", "log1p", "sqrt", "rsqrt", "reciprocal", "sin", "cos", "erf", "erfc",
+         "floor", "ceil", "round", "sign", "square")  # fmt: skip
+_BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "where", "clamp", "clamp_min", "clamp_max",
+           "masked_fill")  # fmt: skip
+_INPLACE = tuple(f"{n}_" for n in (*_ACTIVATIONS, *_MATH, "add", "sub", "mul", "div", "clamp", "clamp_min",
+                                   "clamp_max", "masked_fill"))  # fmt: skip
+_SAME_VALUES = ("clone", "contiguous", "detach", "alias")  # values unchanged
+_DROPOUTS = ("dropout", "alpha_dropout", "feature_alpha_dropout", "dropout_", "alpha_dropout_")
+_CASTS = ("to", "type_as", "float", "half", "bfloat16", "double")
+_MODULES = ("ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Hardswish", "Hardsigmoid",
+            "Hardtanh", "Sigmoid", "Tanh", "Softplus", "Softsign", "Dropout", "AlphaDropout", "Identity", "PReLU")  # PReLU of one weight (per channel: per_feature)
+
+
+class Elementwise(Rule):
+    name = "element-wise"
+    torch = (
+        *(f"F.{n}" for n in (*_ACTIVATIONS, "relu_", "elu_", "leaky_relu_", "hardtanh_", *_DROPOUTS[:3])),
+        *(f"torch.{n}" for n in ("relu", "relu_", "sigmoid", "tanh", *_MATH, *_BINARY, "clamp_", "dropout")),
+        *(f"operator.{n}" for n in ("add", "sub", "mul", "truediv", "neg", "pow", "iadd", "isub", "imul", "itruediv")),
+        *(f"nn.{n}" for n in _MODULES),
+        *(f".{n}" for n in (*_ACTIVATIONS, *_MATH, *_BINARY, *_INPLACE, *_SAME_VALUES, *_CASTS)),
+        "torchvision.ops.stochastic_depth.stochastic_depth",  # wrapped by torchvision: the identity in eval
+    )  # fmt: skip
+    aten = (*_ACTIVATIONS, *_MATH, *_BINARY, *_INPLACE, *_SAME_VALUES, *_DROPOUTS, "feature_dropout", "_to_copy",
+            "to", "type_as", "_prelu_kernel")  # fmt: skip
+    onnx = (
+        "Abs", "Ceil", "Celu", "Cos", "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish", "Identity",
+        "LeakyRelu", "Log", "Mish", "Neg", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin",
+        "Softplus", "Softsign", "Sqrt", "Tanh", "ThresholdedRelu", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min",
+        "Sum", "Where", "Clip", "Dropout", "Cast", "PRelu",
+    )  # fmt: skip
+
+    def read_fx(self, node, ctx) -> dict | None:
+        if ctx.names("torchvision.ops.stochastic_depth.stochastic_depth"):
+            return {} if ctx.arg(3, "training", True) is False else None  # random outside eval
+        return {}
+
+    def read_onnx(self, node, ctx) -> dict | None:
+        return {} if ctx.only_first_output_read() else None  # Dropout's mask is no element-wise result
+
+    def check(self, op, layout, formed) -> str | None:
+        return operand_reason(op, layout, formed, others_allowed=True)
+
+    def rewrite(self, op, layout, ctx, build) -> Moved:
+        return Moved(build.copy(op, {i.value: ctx.form(i.value) for i in op.inputs if not i.single}), layout)

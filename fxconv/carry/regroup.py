@@ -1,0 +1,80 @@
+"""Reshapes that only regroup the positions: (N, H, W, C) <-> (N, H·W, C), and reshapes that change nothing.
+
+Before (a Swin or ViT-style block moving between a channels-last map and tokens)::
+
+    x (N, H, W, C) ─ view(N, H·W, C) ─ Linear ─▶
+
+After (``m`` the form of ``x``, (N, C, H, W))::
+
+    m ─ reshape(N, C, 1, H·W) ─ conv 1x1 ─▶
+
+Both layouts keep the positions row-major after the channels, so regrouping the value's positions is
+regrouping the form's: ``form_shape((N, *positions', C))`` of the target layout, the batch kept as it
+is at run time. The sizes the model gave its reshape are used (they may be computed at run time);
+otherwise the recorded ones. A reshape to the same shape (``view(x.size(0), -1)`` of an (N, K) vector)
+leaves the form as it is, in any layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..layouts import KEEP, PositionLayout, layout_for
+from . import Moved, Rule
+
+
+class Regroup(Rule):
+    name = "regroup"
+    torch = ("torch.flatten", "torch.reshape", "torch.squeeze", "torch.unsqueeze", "nn.Flatten", "nn.Unflatten",
+             ".flatten", ".view", ".reshape", ".squeeze", ".unsqueeze", ".unflatten")  # fmt: skip
+    aten = ("flatten", "view", "reshape", "_unsafe_view", "squeeze", "unsqueeze", "unflatten")
+    onnx = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+    def read_fx(self, node, ctx) -> dict | None:
+        name = ctx.op_name
+        squeezes_all = name == "squeeze" and ctx.arg(1, "dim") is None and ctx.module is None
+        sizes = None
+        if name in ("view", "reshape", "_unsafe_view"):
+            sizes = ctx.args[1:] if len(ctx.args) != 2 or not isinstance(ctx.args[1], (list, tuple)) else ctx.args[1]
+            sizes = ctx.kwarg("shape", ctx.kwarg("size", sizes))
+        return {"sizes": None if sizes is None else tuple(sizes), "squeezes_all": squeezes_all}
+
+    def read_onnx(self, node, ctx) -> dict | None:
+        return {"sizes": None, "squeezes_all": False}
+
+    def check(self, op, layout, formed) -> str | None:
+        if unchanged(op):
+            return None  # nothing changes: the form stays
+        if op.params["squeezes_all"]:
+            return "squeeze() also drops a batch of one"
+        return None if positions(op, layout) is not None else "it does not only regroup the positions"
+
+    def rewrite(self, op, layout, ctx, build) -> Moved:
+        form = ctx.form(op.data.value)
+        if unchanged(op):
+            return Moved(form, layout)
+        target = layout_for(len(op.shape), folded=False)  # ranks 3 to 5: one layout each
+        return Moved(build.reshape(form, target.form_shape((KEEP, *positions(op, layout), op.shape[-1]))), target)
+
+
+def unchanged(op) -> bool:
+    """A reshape to its input's own shape (the batch may be free, nothing else)."""
+    return op.shape is not None and op.shape == op.data.shape and None not in op.shape[1:]
+
+
+def positions(op, layout) -> tuple | None:
+    """The sizes of the target's positions, if the op regroups the positions of a value in ``layout``."""
+    before, after = op.data.shape, op.shape
+    if not isinstance(layout, PositionLayout) or before is None or after is None or layout.rank != len(before):
+        return None
+    if not (3 <= len(before) <= 5 and 3 <= len(after) <= 5) or (before[0], before[-1]) != (after[0], after[-1]):
+        return None
+    known = [s for s in (*before[1:-1], *after[1:-1]) if s is not None]
+    if len(known) == len(before) + len(after) - 4 and math.prod(before[1:-1]) != math.prod(after[1:-1]):
+        return None
+    sizes = op.params["sizes"]
+    if sizes is not None and len(sizes) == len(after):
+        return tuple(sizes[1:-1])
+    if len(after) == 3:
+        return (-1,)
+    return tuple(after[1:-1]) if None not in after[1:-1] else None

@@ -1,0 +1,79 @@
+"""``convert_onnx``: the Linears of an existing ONNX file (Gemm, MatMul [+ Add]) become convolutions.
+
+For users who hold an ONNX file, not a PyTorch model (an old export, tf2onnx, a vendor's int8 QDQ file).
+The rewrite is the PyTorch pass's — the same engine (``fxconv.engine``), rules (``fxconv.carry``) and
+layouts (``fxconv.layouts``), read in ONNX (``read``) and built as ONNX nodes (``emit``); weights are
+re-laid out in numpy, float or int8.
+
+Before (TorchScript export of a VGG-like classifier, opset 13, dynamic batch)::
+
+    MaxPool → Flatten → Gemm(fc1.weight, transB=1) → Relu → Gemm(fc2.weight) → logits
+
+After (``method="kernel"``, ``layout="folded"``)::
+
+    MaxPool → Transpose(1,2,0,3) → Reshape(1,C,H,-1) → Conv(fc1.weight as (out,C,H,W), stride (H,W))
+            → Relu → Conv(fc2.weight as (out,in,1,1)) → Squeeze(0,2) → Transpose(1,0) → logits
+
+The opset, IR version, dynamic dims and names are kept. At a static batch of 1 the folded layout's
+moves of size-1 axes become Reshapes and collapse (``fxconv._tidy``). This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import onnx
+import onnx_ir as ir
+
+from .. import _tidy
+from ..engine.rewrite import Rewrite
+from ..errors import InvalidArgumentError, NotConvertibleError
+from ..options import LAYOUTS, METHODS, SCOPES
+from ..report import Report
+from .emit import OnnxBuilder
+from .read import OnnxView, inferred_shapes
+
+__all__ = ["convert_onnx"]
+
+
+def convert_onnx(
+    model: str | os.PathLike | onnx.ModelProto,
+    method: str = "kernel",
+    *,
+    scope: str = "heads",
+    layout: str = "folded",
+    strict: bool = False,
+) -> tuple[onnx.ModelProto, Report]:
+    """Rewrite the Linears (Gemm, MatMul) of an ONNX model that read a flattened map as convolutions.
+
+    ``model`` is a path or an ``onnx.ModelProto`` (neither is modified). ``method``, ``scope`` and
+    ``layout`` mean what they mean for :func:`fxconv.convert`. Returns ``(model_proto, report)``; every
+    Gemm/MatMul with a constant operand is in ``report.converted`` or ``report.skipped`` with a reason,
+    and with ``strict=True`` a skipped one raises :class:`NotConvertibleError`. The result is not
+    checked here: ``check_onnx(path, original, None)`` runs both files on inputs of the declared shapes.
+    """
+    if method not in METHODS or scope not in SCOPES or layout not in LAYOUTS:
+        raise InvalidArgumentError(
+            f"method, scope and layout must be one of {METHODS}, {SCOPES} and {LAYOUTS}; "
+            f"got {method!r}, {scope!r}, {layout!r}"
+        )
+    if isinstance(model, (str, os.PathLike)):
+        from ..check import load_onnx
+
+        proto = load_onnx(model)
+    elif isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        raise InvalidArgumentError(f"model must be an ONNX file's path or an onnx.ModelProto, not {type(model).__name__}")
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)  # the IR keeps the proto's tensors, and renaming a value renames its tensor
+    graph_model = ir.from_proto(copy)
+    report = Report(method=method, scope=scope, layout=layout, capture="ONNX")
+    view = OnnxView(graph_model, inferred_shapes(proto))
+    Rewrite(view, OnnxBuilder(graph_model, view), method, layout, scope, report).run()
+    if strict and report.skipped:
+        raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
+    if report.converted and all(v.shape is not None and v.shape.is_static() for v in graph_model.graph.inputs):
+        graph_model = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(graph_model), data_prop=True))
+        _tidy.simplify_moves(graph_model)
+    return ir.to_proto(graph_model), report
