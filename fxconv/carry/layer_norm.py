@@ -20,11 +20,11 @@ from __future__ import annotations
 from . import Moved, Rule, over_channels
 
 
-class LayerNorm(Rule):
-    name = "layer-norm"
-    torch = ("nn.LayerNorm", "F.layer_norm")
-    aten = ("layer_norm",)
-    onnx = ("LayerNormalization",)
+class NormOverLast(Rule):
+    """What LayerNorm and RMSNorm share: their reading at every level and the check."""
+
+    parameters: tuple[str, ...] = ("weight", "bias")  # after ``normalized_shape``, before ``eps``, in a call
+    eps_default: float | None = 1e-5
     on_channels = True
 
     def read_fx(self, node, ctx) -> dict | None:
@@ -32,24 +32,33 @@ class LayerNorm(Rule):
         if module is not None:
             if len(module.normalized_shape) != 1:
                 return None
-            return {"weight": ctx.parameter("weight"), "bias": ctx.parameter("bias"), "eps": module.eps}
+            return {**{p: ctx.parameter(p) for p in self.parameters}, "eps": module.eps}
         shape = ctx.arg(1, "normalized_shape")
         if not isinstance(shape, (tuple, list)) or len(shape) != 1:
             return None
-        return {"weight": ctx.arg(2, "weight"), "bias": ctx.arg(3, "bias"), "eps": ctx.arg(4, "eps", 1e-5)}
+        found = {p: ctx.arg(2 + i, p) for i, p in enumerate(self.parameters)}
+        return {**found, "eps": ctx.arg(2 + len(self.parameters), "eps", self.eps_default)}
 
     def read_onnx(self, node, ctx) -> dict | None:
-        if ctx.attribute("axis", -1) not in (-1, len(ctx.shape(node.inputs[0]) or ()) - 1) or not ctx.only_first_output_read():
+        last = len(ctx.shape(node.inputs[0]) or ()) - 1
+        if ctx.attribute("axis", -1) not in (-1, last) or not ctx.only_first_output_read():
             return None
-        inputs = list(node.inputs) + [None, None]
-        return {"weight": inputs[1], "bias": inputs[2], "eps": ctx.attribute("epsilon", 1e-5)}
+        inputs = [*node.inputs[1:], None, None]
+        return {**dict(zip(self.parameters, inputs)), "eps": ctx.attribute("epsilon", 1e-5)}
 
     def check(self, op, layout, formed) -> str | None:
         if not over_channels(layout, [-1]) or len(op.shape or ()) != layout.rank:
             return "it normalises over a dim the conv form does not keep on its channel axis"
-        if any(formed(w) for w in (op.params["weight"], op.params["bias"]) if w is not None):
+        if any(formed(op.params[p]) for p in self.parameters if op.params[p] is not None):
             return "its weight is computed from the activations"
         return None
+
+
+class LayerNorm(NormOverLast):
+    name = "layer-norm"
+    torch = ("nn.LayerNorm", "F.layer_norm")
+    aten = ("layer_norm",)
+    onnx = ("LayerNormalization",)
 
     def rewrite(self, op, layout, ctx, build) -> Moved:
         m = ctx.form(op.data.value)

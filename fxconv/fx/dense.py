@@ -43,7 +43,7 @@ import operator
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 from torch.fx import Node
 
 from ..capture import node_place
@@ -51,32 +51,11 @@ from ..engine.rewrite import Rewrite
 from ..errors import NotConvertibleError
 from ..report import Frozen
 from .._util import eval_mode
-from .nodes import arg, key, module_path, shape_of
+from . import pools
+from .nodes import module_path, shape_of
 
-aten = torch.ops.aten
 _AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_ADAPTIVE = {
-    F.adaptive_avg_pool1d: "avg", F.adaptive_avg_pool2d: "avg", F.adaptive_avg_pool3d: "avg",
-    F.adaptive_max_pool1d: "max", F.adaptive_max_pool2d: "max", F.adaptive_max_pool3d: "max",
-    aten.adaptive_avg_pool1d: "avg", aten.adaptive_avg_pool2d: "avg", aten._adaptive_avg_pool2d: "avg",
-    aten.adaptive_avg_pool3d: "avg", aten._adaptive_avg_pool3d: "avg",
-}  # fmt: skip
-_FIXED = {
-    F.avg_pool1d: "avg", F.avg_pool2d: "avg", F.avg_pool3d: "avg", F.max_pool1d: "max", F.max_pool2d: "max",
-    F.max_pool3d: "max", aten.avg_pool1d: "avg", aten.avg_pool2d: "avg", aten.avg_pool3d: "avg",
-    aten.max_pool1d: "max", aten.max_pool2d: "max", aten.max_pool3d: "max",
-}  # fmt: skip
-_ADAPTIVE_MODULES = {
-    nn.AdaptiveAvgPool1d: "avg", nn.AdaptiveAvgPool2d: "avg", nn.AdaptiveAvgPool3d: "avg",
-    nn.AdaptiveMaxPool1d: "max", nn.AdaptiveMaxPool2d: "max", nn.AdaptiveMaxPool3d: "max",
-}  # fmt: skip
-_FIXED_MODULES = {
-    nn.AvgPool1d: "avg", nn.AvgPool2d: "avg", nn.AvgPool3d: "avg", nn.MaxPool1d: "max", nn.MaxPool2d: "max",
-    nn.MaxPool3d: "max",
-}  # fmt: skip
-_SPATIAL_NORMS = {F.group_norm, F.instance_norm, aten.group_norm, aten.instance_norm}
-_CONVS = {F.conv1d, F.conv2d, F.conv3d, aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution}
 
 
 def make_dense(rewrite: Rewrite, inputs: tuple[torch.Tensor, ...], approximate: bool) -> None:
@@ -88,7 +67,7 @@ class _Dense:
     def __init__(self, rewrite: Rewrite, inputs: tuple[torch.Tensor, ...], approximate: bool):
         self.rewrite, self.inputs, self.approximate = rewrite, inputs, approximate
         self.report, self.gm = rewrite.report, rewrite.view.gm
-        self.graph, self.modules = self.gm.graph, rewrite.view.modules
+        self.graph, self.view = self.gm.graph, rewrite.view
 
     def run(self) -> None:
         # A Linear acting at each position of a map (a transformer block's MLP) slides along as it is.
@@ -100,12 +79,12 @@ class _Dense:
         if not self.rewrite.heads:
             raise NotConvertibleError("dense mode: the model has no Linear fed by a flattened feature map")
         heads = self.rewrite.heads
-        pools = {head.map: self._pool_in_front(head.map) for head in heads}
+        in_front = {head.map: self._pool_in_front(head.map) for head in heads}
         # Heads inside the backbone: a squeeze-and-excitation gate built from Linears.
-        self.inner = {m for m, pool in pools.items() if pool is not None and self._gates_a_map(pool)}
-        global_pools = [n for n in self.graph.nodes if self._pools_over_space(n)]
-        inner_pools = {pools[m] for m in self.inner}
-        backbone = [n for n in global_pools if n not in pools.values() or n in inner_pools]
+        self.inner = {m for m, pool in in_front.items() if pool is not None and self._gates_a_map(pool)}
+        global_pools = [n for n in self.graph.nodes if pools.pools_over_space(self.view, n)]
+        inner_pools = {in_front[m] for m in self.inner}
+        backbone = [n for n in global_pools if n not in in_front.values() or n in inner_pools]
         if backbone and not self.approximate:
             raise NotConvertibleError(
                 f"dense mode: {node_place(backbone[0])} pools over the whole feature map inside the backbone "
@@ -117,14 +96,14 @@ class _Dense:
         for head in heads:
             if head.pooled_positions and head.map not in self.inner:
                 raise NotConvertibleError(
-                    f"dense mode: the head at {node_place(pools[head.map] or head.map)} pools over the positions "
+                    f"dense mode: the head at {node_place(in_front[head.map] or head.map)} pools over the positions "
                     "of a channels-last value; dense mode slides heads over (N, C, H, W) maps (scope='all' runs a "
                     "channels-last value as one when a Linear before the pool reads it)"
                 )
         alive = set(self.graph.nodes)  # the ways out of a head's layout that something still reads
         outputs = [leaf for leaf, form in self.rewrite.leaves.items()
                    if leaf in alive and (form.head or form.entry) and (form.head or form.entry).map not in self.inner]
-        for map_, pool in pools.items():
+        for map_, pool in in_front.items():
             if pool is not None and map_ not in self.inner:
                 self._freeze(pool)
         for leaf in outputs:
@@ -137,9 +116,9 @@ class _Dense:
 
     def _pool_in_front(self, node: Node) -> Node | None:
         """The pool or reduction that a head's map comes from through single-input ops, if any."""
-        while self._pooling(node) is None and self._fixed_pool(node) is None:
+        while pools.pooling(self.view, node) is None and pools.fixed_pool(self.view, node) is None:
             inputs = [n for n in node.all_input_nodes if n.op != "get_attr"]
-            if len(inputs) != 1 or self._is_conv(node):  # the backbone: no pooling in front
+            if len(inputs) != 1 or pools.is_conv(self.view, node):  # the backbone: no pooling in front
                 return None
             node = inputs[0]
         return node
@@ -165,12 +144,12 @@ class _Dense:
         x = pool.all_input_nodes[0]
         size_in = shape_of(x)[2:]
         size_out = (shape_of(pool) or (None, None, *(1,) * len(size_in)))[2:]
-        fixed = self._fixed_pool(pool)
+        fixed = pools.fixed_pool(self.view, pool)
         if fixed is not None:
             kind, padding, extras = fixed
             if all(o > 1 for o in size_out):
                 return  # a fixed pool that keeps a map slides along as it is
-            kernel = _as_tuple(self._pool_arg(pool, "kernel_size", 1), len(size_in))
+            kernel = _as_tuple(pools.pool_arg(self.view, pool, "kernel_size", 1), len(size_in))
             covers = all(o > 1 or k == i for i, o, k in zip(size_in, size_out, kernel))
             if extras or not covers or any(_as_tuple(padding, len(size_in))):
                 raise NotConvertibleError(
@@ -178,12 +157,12 @@ class _Dense:
                     f"example's {size_in} map (or pads, dilates or rescales it), so a window would not be the "
                     "model on its crop"
                 )
-            stride = self._pool_arg(pool, "stride", 2)
+            stride = pools.pool_arg(self.view, pool, "stride", 2)
             stride = _as_tuple(stride if stride not in (None, [], ()) else kernel, len(size_in))
             kernel = tuple(i if o == 1 else k for i, o, k in zip(size_in, size_out, kernel))
             stride = tuple(1 if o == 1 else s for o, s in zip(size_out, stride))
         else:
-            kind = self._pooling(pool)
+            kind = pools.pooling(self.view, pool)
             kernel, stride = [], []
             for i, o in zip(size_in, size_out):
                 if i % o:
@@ -270,76 +249,6 @@ class _Dense:
         while node.op != "call_module" and len(node.all_input_nodes) == 1 and not module_path(node):
             node = node.all_input_nodes[0]
         return node
-
-    # -- what pools ----------------------------------------------------------------------------------
-
-    def _pooling(self, node: Node) -> str | None:
-        """For an adaptive pool or a reduction over dims: "avg", "sum", "max" or "min"; else None."""
-        if node.op == "call_module":
-            module = self.modules[node.target]
-            return None if getattr(module, "return_indices", False) else _ADAPTIVE_MODULES.get(type(module))
-        kind = _ADAPTIVE.get(key(node)) if _hashable(key(node)) else None
-        if kind is not None:
-            return None if node.kwargs.get("return_indices") else kind
-        record = self.rewrite.view.read(node)
-        if record is not None and record.rule.name == "over-dims" and record.params["kind"] in ("mean", "sum", "max", "min"):
-            return {"mean": "avg"}.get(record.params["kind"], record.params["kind"])
-        return None
-
-    def _fixed_pool(self, node: Node) -> tuple[str, object, object] | None:
-        """For a pool of fixed kernel: ``(kind, padding, extras)``, extras what a plain pool lacks; else None."""
-        if node.op == "call_module":
-            module = self.modules[node.target]
-            kind = _FIXED_MODULES.get(type(module))
-            if kind is None:
-                return None
-            extras = getattr(module, "divisor_override", None) or getattr(module, "return_indices", False)
-            extras = extras or getattr(module, "dilation", 1) not in (1, (1,), (1, 1), (1, 1, 1))
-            return kind, module.padding, extras
-        kind = _FIXED.get(key(node)) if _hashable(key(node)) else None
-        if kind is None:
-            return None
-        dilation = arg(node, 4, "dilation", 1) if kind == "max" else 1
-        extras = (kind == "avg" and arg(node, 6, "divisor_override")) or node.kwargs.get("return_indices")
-        extras = extras or (isinstance(dilation, int) and dilation != 1) or (not isinstance(dilation, int) and set(dilation) != {1})
-        return kind, arg(node, 3, "padding", 0), extras
-
-    def _pool_arg(self, pool: Node, name: str, index: int):
-        return getattr(self.modules[pool.target], name) if pool.op == "call_module" else arg(pool, index, name)
-
-    def _pools_over_space(self, node: Node) -> bool:
-        """Whether ``node`` mixes positions of a feature map globally: an adaptive pool, a reduction over a
-        spatial dim, or a GroupNorm/InstanceNorm (statistics over the whole map)."""
-        if node.op == "call_module":
-            module = self.modules[node.target]
-            if isinstance(module, nn.modules.instancenorm._InstanceNorm):
-                return not module.track_running_stats or module.training
-            return isinstance(module, (nn.GroupNorm, *_ADAPTIVE_MODULES))
-        target = key(node)
-        if _hashable(target) and (target in _ADAPTIVE or target in _SPATIAL_NORMS):
-            return True
-        if node.op not in ("call_function", "call_method"):
-            return False
-        record = self.rewrite.view.read(node)
-        if record is None or record.rule.name != "over-dims" or record.params["kind"] not in ("mean", "sum", "max", "min"):
-            return False
-        size = record.data.shape
-        if size is None or len(size) < 3:
-            return False
-        return any(d % len(size) >= 2 and size[d % len(size)] > 1 for d in record.params["dims"])
-
-    def _is_conv(self, node: Node) -> bool:
-        if node.op == "call_module":
-            return isinstance(self.modules[node.target], nn.modules.conv._ConvNd)
-        return _hashable(key(node)) and key(node) in _CONVS
-
-
-def _hashable(value) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
 
 
 def _as_tuple(value, rank: int) -> tuple[int, ...]:

@@ -4,20 +4,12 @@ A graph reaches fxconv at one of two levels — **torch** (``symbolic_trace``: m
 functions, Tensor methods) or **ATen** (``torch.export``: ``aten.*`` overloads, parameters as
 ``get_attr``) — and the engine never asks which: the rules (``fxconv.carry``) name their spellings at
 both levels, resolved here once, and Linear calls are read through ``Spelling`` records.
-
-A Linear call is ``nn.Linear`` (and subclasses: a custom ``forward`` or hooks are reported, never
-dropped), ``F.linear``, or matrix algebra with a constant weight operand — a parameter, buffer, or
-anything computed from them alone: ``x @ W.t() + b``, ``torch.addmm(b, x, W.t(), beta=β, alpha=α)``,
-``torch.matmul(x, P)`` with ``P`` stored (in, out), and their ATen forms. The weight's transposes are
-undone to read it (out, in); a bias added after a matmul is its bias. An activation × activation
-matmul (attention's ``q @ k.T``) is no Linear.
+Linear calls are read in ``linears``.
 """
 
 from __future__ import annotations
 
 import builtins
-import dataclasses
-import math
 import operator
 
 import torch
@@ -26,22 +18,12 @@ from torch import fx, nn
 from torch.fx import Node
 
 from ..carry import CARRIED, Input, Op, Rule
-from ..codes import skip
-from ..engine import ADDMM, LINEAR, MATMUL, Linear
+from ..engine import Linear
 from ..report import Skipped
-from .nodes import arg, first_input, key, module_path, op_name, shape_of
+from .linears import read_linear
+from .nodes import arg, first_input, key, op_name, shape_of
 
-_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 _PREFIXES = {"F": F, "torch": torch, "nn": nn, "operator": operator, "builtins": builtins}
-
-# Linear spellings by what a node calls; nn.Linear modules are read apart.
-_SPELLINGS = {
-    F.linear: LINEAR, torch._C._nn.linear: LINEAR, torch.ops.aten.linear: LINEAR,
-    operator.matmul: MATMUL, torch.matmul: MATMUL, torch.mm: MATMUL, torch.bmm: MATMUL, "matmul": MATMUL,
-    "mm": MATMUL, "bmm": MATMUL, "__matmul__": MATMUL, torch.ops.aten.matmul: MATMUL, torch.ops.aten.mm: MATMUL,
-    torch.ops.aten.bmm: MATMUL, torch.addmm: ADDMM, "addmm": ADDMM, torch.ops.aten.addmm: ADDMM,
-}  # fmt: skip
-
 
 def _resolve(name: str, level: str) -> object | None:
     """The key a rule's name stands for at a level (None where this torch lacks it)."""
@@ -169,77 +151,8 @@ class FxView:
     # -- Linear calls ----------------------------------------------------------------------------
 
     def linear(self, op: Node) -> Linear | Skipped | None:
-        """``op`` read as a Linear call, a Skipped if it is one that cannot convert, or None."""
-        if op.op == "call_module":
-            module = self.modules[op.target]
-            if not isinstance(module, nn.Linear):
-                return None
-            bias = f"{op.target}.bias" if module.bias is not None else None
-            call = Linear(op, op, first_input(op), f"{op.target}.weight", False, bias)
-            call = dataclasses.replace(call, name=self._name(call))
-            refusal = _module_refusal(module)
-            return call if refusal is None else skip(call.name, *refusal)
-        try:
-            spelling = _SPELLINGS.get(key(op))
-        except TypeError:
-            return None
-        if spelling is None:
-            return None
-        x, w = _operand(op, spelling.input), _operand(op, spelling.weight)
-        bias = _operand(op, spelling.bias) if spelling.bias else None
-        if spelling is LINEAR:
-            call = Linear(op, op, x, w, False, bias)
-            return dataclasses.replace(call, name=self._name(call))
-        if x in self.constants:
-            if w in self.constants:  # constants alone (a weight computed in forward): no activation involved
-                return None
-            call = Linear(op, op, w, x, False, None)
-            return skip(self._name(call), "constant-left",
-                        "a constant multiplies from the left (W @ x): it mixes along the rows, not the features")
-        if w not in self.constants:
-            return None  # both operands computed from the inputs (attention's q @ k): no weight
-        weight, flipped = self._untransposed(w)
-        alpha, beta = (float(op.kwargs.get(k, 1)) if k else 1.0 for k in (spelling.alpha, spelling.beta))
-        call = Linear(op, op, x, weight, not flipped, bias, alpha, beta)
-        call = dataclasses.replace(call, name=self._name(call))
-        if len(shape_of(w) or ()) != 2:
-            return skip(call.name, "weight-rank", f"its constant operand has shape {shape_of(w)}, not a (in, out) matrix")
-        return self._with_bias_add(call) if spelling.bias_after else call
-
-    def _with_bias_add(self, call: Linear) -> Linear:
-        """A matmul whose one user adds a constant vector of its output width: that add is its bias."""
-        (user,) = call.op.users if len(call.op.users) == 1 else (None,)
-        if user is None or key(user) not in (operator.add, torch.add, "add", torch.ops.aten.add):
-            return call
-        if user.kwargs.get("alpha", 1) != 1 or len(user.args) != 2:
-            return call
-        bias = user.args[1] if user.args[0] is call.op else user.args[0]
-        width = (shape_of(call.op) or (None,))[-1]
-        if bias not in self.constants or math.prod(shape_of(bias) or (0,)) != width or shape_of(user) != shape_of(call.op):
-            return call
-        return dataclasses.replace(call, output=user, bias=bias)
-
-    def _untransposed(self, node: Node) -> tuple[Node, bool]:
-        """The node a chain of matrix transposes starts from, and whether the chain transposes it."""
-        flipped = False
-        while len(shape_of(node) or ()) == 2 and isinstance(first_input(node), Node):
-            record = self.read(node)
-            if record is None or record.rule.name != "permute" or record.params["perm"] != (1, 0):
-                break
-            node, flipped = first_input(node), not flipped
-        return node, flipped
-
-    def _name(self, call: Linear) -> str:
-        """How a Linear call is named to a user: its module's qualified name where it has one; the second
-        and later calls of one Linear are numbered."""
-        if call.op.op == "call_module":
-            label = str(call.op.target)
-        elif isinstance(call.weight, Node) and call.weight.op == "get_attr":  # torch.export keeps the parameter's name
-            label = call.weight.target.removesuffix(".weight").removesuffix("_weight")  # attn.in_proj_weight: attn.in_proj
-        else:
-            label = module_path(call.op) or call.op.name
-        self.seen[label] = self.seen.get(label, 0) + 1
-        return label if self.seen[label] == 1 else f"{label} (call {self.seen[label]})"
+        """``op`` read as a Linear call, a Skipped if it is one that cannot convert, or None (``linears``)."""
+        return read_linear(self, op)
 
 
 class _ReadContext:
@@ -282,14 +195,6 @@ class _ReadContext:
         return first_input(node)
 
 
-def _operand(node: Node, where: tuple[int, tuple[str, ...]]):
-    index, names = where
-    for name in names:
-        if name in node.kwargs:
-            return node.kwargs[name]
-    return node.args[index] if len(node.args) > index else None
-
-
 def _forward_of(module: nn.Module, base: type) -> bool:
     """Whether ``module`` computes what ``base`` does (its class does not override ``forward``)."""
     return type(module).forward is base.forward
@@ -297,21 +202,3 @@ def _forward_of(module: nn.Module, base: type) -> bool:
 
 def _qualified(target) -> str:
     return f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
-
-
-def _module_refusal(module: nn.Linear) -> tuple[str, str] | None:
-    """Why an ``nn.Linear`` module's call is more than ``F.linear`` (a rewrite would lose it), if it is."""
-    if type(module).forward is not nn.Linear.forward:
-        return "custom-forward", (
-            f"{type(module).__name__} overrides Linear.forward (fake quantisation, adapters, ...), which a "
-            "convolution would drop: capture with torch.export (capture='export') to see what it computes"
-        )
-    hooks = [h.strip("_").replace("_", " ") for h in _HOOKS if getattr(module, h, None)]
-    global_hooks = [h for h in ("_global_forward_hooks", "_global_forward_pre_hooks") if getattr(nn.modules.module, h)]
-    if hooks or global_hooks:
-        return "hooked", (
-            f"the module has {', '.join(hooks) or 'global module hooks'} (spectral_norm, weight_norm and feature "
-            "taps use them), which a convolution would not run: capture with torch.export (capture='export') to inline them"
-        )
-    return None
-

@@ -17,7 +17,8 @@ import onnx_ir as ir
 
 from ..layouts import KEEP
 from .names import name_after_originals
-from .read import OnnxView, all_values, numbers
+from .read import OnnxView
+from .values import all_values, numbers
 
 _REDUCE = {"mean": "ReduceMean", "sum": "ReduceSum", "max": "ReduceMax", "min": "ReduceMin"}
 _ALONG = {"softmax": "Softmax", "log_softmax": "LogSoftmax"}

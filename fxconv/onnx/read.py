@@ -1,82 +1,28 @@
 """Reading an ONNX graph for the engine: its nodes, inferred shapes, constants, Linears and carried ops.
 
-A *Linear* is ``Gemm(x, B, C)`` (``alpha·x·B' + beta·C``, B' = B or Bᵀ by ``transB``; ``transA`` is
-reported) or ``MatMul(x, B)`` followed by an ``Add`` of a bias, B a constant: an initializer, a
-``Constant``, through ``Identity`` (the TorchScript exporter shares equal initializers that way), or
-any of these through a ``DequantizeLinear`` (a QDQ file's int8 weight). Every Gemm/MatMul with a
-constant operand is converted or reported with a reason (a constant on the left, a weight computed by
-nodes, per-input-feature or blocked quantisation, QOperator nodes, a subgraph, ...).
-
-Shapes come from ONNX shape inference; when it leaves a Linear's dims unknown (the TorchScript
+Linears are read in ``linears``, constants in ``values``. Shapes come from ONNX shape inference; when it leaves a Linear's dims unknown (the TorchScript
 exporter's transformers compute their Reshapes at run time), onnxruntime's symbolic shape inference,
 which follows such arithmetic, fills them in.
 """
 
 from __future__ import annotations
 
-import ast
-import contextlib
 import logging
-from dataclasses import dataclass
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
 from ..carry import CARRIED, Input, Op
-from ..codes import skip
-from ..engine import GEMM, MATMUL, Linear
+from ..engine import Linear
 from ..errors import OnnxError
 from ..report import Skipped
+from .linears import read_linear
+from .values import all_values, numbers
 
-_QOPERATOR = frozenset({"QLinearMatMul", "MatMulInteger", "QGemm"})
 _INDEX: dict[str, list] = {}
 for _rule in CARRIED:
     for _op_type in _rule.onnx:
         _INDEX.setdefault(_op_type, []).append(_rule)
-
-
-@dataclass(frozen=True)
-class Const:
-    """A constant operand: an initializer or ``Constant``, possibly read through a ``DequantizeLinear``."""
-
-    value: ir.Value  # what the Linear reads
-    stored: ir.Value  # the value holding the numbers (an initializer, a Constant's output)
-    array: np.ndarray  # those numbers (int8/int32 for a quantised one)
-    dequantize: ir.Node | None = None
-    axis: int | None = None  # the per-channel axis of ``array``; None when per-tensor or not quantised
-
-
-def numbers(value: ir.Value | None) -> np.ndarray | None:
-    """A constant's numbers, also through Identity nodes; None if it is computed at run time."""
-    while value is not None and (producer := value.producer()) is not None and producer.op_type == "Identity":
-        value = producer.inputs[0]
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
-    return None if tensor is None else tensor.numpy()
-
-
-def constant(value: ir.Value | None) -> Const | None:
-    """The constant behind ``value`` (through a DequantizeLinear too), or None if it is computed at run time."""
-    if value is None:
-        return None
-    producer = value.producer()
-    if producer is not None and producer.op_type == "DequantizeLinear" and producer.domain in ("", "ai.onnx"):
-        stored, scale = numbers(producer.inputs[0]), numbers(producer.inputs[1])
-        zero = producer.inputs[2] if len(producer.inputs) > 2 else None
-        if stored is None or scale is None or (zero is not None and numbers(zero) is None):
-            return None
-        axis = producer.attributes.get_int("axis", 1) % max(stored.ndim, 1) if scale.size > 1 else None
-        return Const(value, producer.inputs[0], stored, producer, axis)
-    array = numbers(value)
-    return None if array is None else Const(value, value, array)
-
-
-def _from_constants(value: ir.Value, depth: int = 8) -> bool:
-    """Whether ``value`` is computed by nodes from constants alone (a Transpose of a weight, say)."""
-    producer = value.producer()
-    if producer is None or depth == 0 or not producer.inputs:
-        return False
-    return all(v is None or numbers(v) is not None or _from_constants(v, depth - 1) for v in producer.inputs)
 
 
 class OnnxView:
@@ -143,53 +89,8 @@ class OnnxView:
     # -- Linears ---------------------------------------------------------------------------------
 
     def linear(self, node: ir.Node) -> Linear | Skipped | None:
-        """``node`` read as a Linear; a Skipped if it is one that can't convert; None if it is none."""
-        if node.op_type in _QOPERATOR and node.domain in ("", "ai.onnx", "com.microsoft"):
-            return skip(name_of(node, []), "qoperator", f"{node.op_type} is the QOperator format; fxconv rewrites "
-                        "QDQ files (quantize with QuantFormat.QDQ)")
-        if node.domain not in ("", "ai.onnx") or node.op_type not in ("Gemm", "MatMul"):
-            return None
-        inputs = list(node.inputs)
-        x, w = (constant(v) for v in inputs[:2])
-        name = name_of(node, [x, w])
-        if node.graph is not self.graph:
-            if x is None and w is None:
-                return None
-            return skip(name, "subgraph", "it sits in a subgraph (an If, Loop or Scan body), which fxconv does not rewrite")
-        if w is None:
-            if x is not None:
-                return skip(name, "constant-left", f"its constant is the left operand of the {node.op_type}: "
-                            "it mixes the positions, not the features")
-            computed = next((v for v in inputs[:2] if _from_constants(v)), None)
-            if computed is not None:
-                return skip(name, "computed-weight", f"its operand {computed.name!r} is computed from constants "
-                            "by nodes: fold constants first (onnxsim, onnxscript's optimizer)")
-            return None  # activation times activation (attention scores): not a Linear
-        if x is not None:
-            return skip(name, "constant-only", "both operands are constants: constant folding removes it")
-        spelling = GEMM if node.op_type == "Gemm" else MATMUL
-        attrs = node.attributes
-        if node.op_type == "Gemm" and attrs.get_int("transA", 0):
-            return skip(name, "transA", "Gemm with transA=1 reads its input transposed, (K, N): the batch is not its first dim")
-        if w.array.ndim != 2:
-            return skip(name, "weight-rank", f"its weight has shape {w.array.shape}; a Linear's is 2-D")
-        transposed = not (spelling.transposes_weight and attrs.get_int(spelling.transposes_weight, 0))
-        out = w.array.shape[1 if transposed else 0]
-        bias, output = None, node.outputs[0]
-        alpha = attrs.get_float(spelling.alpha, 1.0) if spelling.alpha else 1.0
-        beta = attrs.get_float(spelling.beta, 1.0) if spelling.beta else 1.0
-        if spelling.bias is not None and len(inputs) > 2 and inputs[2] is not None:
-            bias = constant(inputs[2])
-            if bias is None or bias.array.size not in (1, out) or bias.array.ndim > 2 or (bias.array.ndim == 2 and bias.array.shape[0] != 1):
-                return skip(name, "bias", "its C operand is not a constant bias of shape (out,), (1, out) or ()")
-        elif spelling.bias_after and len(output.uses()) == 1 and not output.is_graph_output():
-            add, index = next(iter(output.uses()))
-            other = constant(add.inputs[1 - index]) if add.op_type == "Add" and len(add.inputs) == 2 else None
-            if other is not None and other.array.size == out and self.shape(add.outputs[0]) == self.shape(output):
-                bias, output = other, add.outputs[0]
-        call = Linear(node, output, inputs[0], w, transposed, bias, alpha, beta, name)
-        refusal = _weight_refusal(call)
-        return call if refusal is None else skip(name, *refusal)
+        """``node`` read as a Linear; a Skipped if it is one that can't convert; None if it is none (``linears``)."""
+        return read_linear(self, node)
 
 
 class _ReadContext:
@@ -222,41 +123,6 @@ class _ReadContext:
             found = numbers(node.inputs[1])
             return None if found is None else [int(a) for a in found.reshape(-1)]
         return self.attribute("axes")
-
-
-def _weight_refusal(call: Linear) -> tuple[str, str] | None:
-    """Why a (quantised) Linear's weight or bias cannot be re-laid out for a Conv, or None."""
-    out_axis = 1 if call.transposed else 0
-    w, b = call.weight, call.bias
-    if w.dequantize is not None and w.dequantize.attributes.get_int("block_size", 0):
-        return "quant-blocked", "its weight is quantised in blocks, which a Conv weight's DequantizeLinear cannot keep"
-    if w.axis is not None and w.axis != out_axis:
-        return "quant-axis", "its weight is quantised per input feature; a Conv weight's channel axis is its output's"
-    if w.dequantize is not None and call.alpha != 1.0:
-        return "alpha", f"Gemm alpha={call.alpha} scales a quantised weight: fxconv does not requantise"
-    if b is not None and b.dequantize is not None and (call.beta != 1.0 or (b.axis is not None and b.array.shape[b.axis] != b.array.size)):
-        return "bias", "its quantised bias is scaled by beta or quantised along another axis than the output features"
-    return None
-
-
-def name_of(node: ir.Node, constants: list[Const | None]) -> str:
-    """A Linear's name in the report: the PyTorch module it was exported from, else its weight, else its node."""
-    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")  # the dynamo exporter's module path
-    if scopes:
-        with contextlib.suppress(ValueError, SyntaxError):
-            path = ast.literal_eval(scopes)
-            if isinstance(path, list) and len(path) >= 2 and path[-2]:
-                return str(path[-2])
-    weight = next((c for c in reversed(constants) if c is not None), None)
-    generated = weight is None or not weight.stored.name or weight.stored.name.startswith("onnx::")  # TorchScript's
-    return (node.name or node.op_type) if generated else weight.stored.name
-
-
-def all_values(graph: ir.Graph):
-    yield from graph.inputs
-    yield from graph.initializers.values()
-    for node in graph.all_nodes():
-        yield from node.outputs
 
 
 def inferred_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
