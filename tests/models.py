@@ -188,6 +188,9 @@ MATRIX_SPELLINGS = {
     "torch.mm(x, W.permute(1, 0))": lambda x, w, b: _plus(torch.mm(x, w.permute(1, 0)), b),
     "x.matmul(W.t())": lambda x, w, b: _plus(x.matmul(w.t()), b),
     "torch.addmm(b, x, W.t())": lambda x, w, b: torch.addmm(b, x, w.t()) if b is not None else x.mm(w.t()),
+    "torch.addmm(b, x, W.t(), beta=0.5, alpha=2)": lambda x, w, b: (
+        torch.addmm(b, x, w.t(), beta=0.5, alpha=2.0) if b is not None else 2.0 * x.mm(w.t())
+    ),
 }
 
 

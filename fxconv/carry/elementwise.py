@@ -27,27 +27,30 @@ _MATH = ("abs", "neg", "exp", "expm1", "log", "log1p", "sqrt", "rsqrt", "recipro
          "floor", "ceil", "round", "sign", "square")  # fmt: skip
 _BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "where", "clamp", "clamp_min", "clamp_max",
            "masked_fill")  # fmt: skip
-_INPLACE = tuple(f"{n}_" for n in (*_ACTIVATIONS, *_MATH, "add", "sub", "mul", "div", "clamp", "clamp_min",
-                                   "clamp_max", "masked_fill"))  # fmt: skip
-_SAME_VALUES = ("clone", "contiguous", "detach", "alias")  # values unchanged
-_DROPOUTS = ("dropout", "alpha_dropout", "feature_alpha_dropout", "dropout_", "alpha_dropout_")
-_CASTS = ("to", "type_as", "float", "half", "bfloat16", "double")
+_METHODS = ("relu", "sigmoid", "tanh", *_MATH, *_BINARY, "clone", "contiguous", "detach", "to", "type_as",
+            "float", "half", "bfloat16", "double")  # fmt: skip
+_INPLACE = tuple(f"{n}_" for n in ("relu", "sigmoid", "tanh", *_MATH, "add", "sub", "mul", "div", "pow", "clamp",
+                                   "clamp_min", "clamp_max", "masked_fill"))  # Tensor methods and ATen ops alike
+_DROPOUTS = ("dropout", "alpha_dropout", "feature_alpha_dropout")
 _MODULES = ("ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Hardswish", "Hardsigmoid",
-            "Hardtanh", "Sigmoid", "Tanh", "Softplus", "Softsign", "Dropout", "AlphaDropout", "Identity", "PReLU")  # PReLU of one weight (per channel: per_feature)
+            "Hardtanh", "Sigmoid", "Tanh", "Softplus", "Softsign", "Dropout", "AlphaDropout", "Identity",
+            "PReLU")  # PReLU of one weight (per channel: per_feature)  # fmt: skip
 
 
 class Elementwise(Rule):
     name = "element-wise"
     torch = (
-        *(f"F.{n}" for n in (*_ACTIVATIONS, "relu_", "elu_", "leaky_relu_", "hardtanh_", *_DROPOUTS[:3])),
+        *(f"F.{n}" for n in (*_ACTIVATIONS, "relu_", "elu_", "leaky_relu_", "hardtanh_", *_DROPOUTS)),
         *(f"torch.{n}" for n in ("relu", "relu_", "sigmoid", "tanh", *_MATH, *_BINARY, "clamp_", "dropout")),
         *(f"operator.{n}" for n in ("add", "sub", "mul", "truediv", "neg", "pow", "iadd", "isub", "imul", "itruediv")),
         *(f"nn.{n}" for n in _MODULES),
-        *(f".{n}" for n in (*_ACTIVATIONS, *_MATH, *_BINARY, *_INPLACE, *_SAME_VALUES, *_CASTS)),
+        *(f".{n}" for n in (*_METHODS, *_INPLACE)),
         "torchvision.ops.stochastic_depth.stochastic_depth",  # wrapped by torchvision: the identity in eval
     )  # fmt: skip
-    aten = (*_ACTIVATIONS, *_MATH, *_BINARY, *_INPLACE, *_SAME_VALUES, *_DROPOUTS, "feature_dropout", "_to_copy",
-            "to", "type_as", "_prelu_kernel")  # fmt: skip
+    aten = (*(n for n in _ACTIVATIONS if n != "softsign"), "relu_", "leaky_relu_", "elu_", "silu_", "hardswish_",
+            "hardsigmoid_", "hardtanh_", *_MATH, *_BINARY, *_INPLACE, "clone", "contiguous", "detach", "alias",
+            "dropout", "dropout_", "alpha_dropout", "alpha_dropout_", "feature_dropout", "feature_alpha_dropout",
+            "_to_copy", "to", "type_as", "_prelu_kernel")  # fmt: skip
     onnx = (
         "Abs", "Ceil", "Celu", "Cos", "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish", "Identity",
         "LeakyRelu", "Log", "Mish", "Neg", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign", "Sin",

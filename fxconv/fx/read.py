@@ -10,6 +10,7 @@ Linear calls are read in ``linears``.
 from __future__ import annotations
 
 import builtins
+import functools
 import operator
 
 import torch
@@ -89,8 +90,8 @@ class FxView:
         return op.all_input_nodes
 
     def shape(self, value) -> tuple | None:
-        if isinstance(value, str):
-            return tuple(self.gm.get_parameter(value).shape)
+        if isinstance(value, str):  # a module's parameter (a parametrized one is computed on access)
+            return tuple(functools.reduce(getattr, value.split("."), self.gm).shape)
         return shape_of(value)
 
     def producer(self, value) -> Node | None:
