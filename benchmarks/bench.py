@@ -30,6 +30,7 @@ matplotlib, the ``bench`` extra), in ``benchmarks/scratch`` unless ``--out`` say
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -40,17 +41,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import importlib.util
-
 import onnx
 import torch
 import torchvision
 from torch import nn
 
 import fxconv
-import peers
 from fxconv._util import versions
 from fxconv.check import open_session
+
+import peers
 
 HERE = Path(__file__).resolve().parent
 PUBLISHED = HERE / "results"
@@ -104,7 +104,11 @@ def models(tiny: bool, parts: set[str]) -> dict[str, tuple[callable, tuple[int, 
     chosen = {}
     if tiny:
         chosen["tiny head"] = (lambda: _head(8, 3, (32, 10)), (8, 3, 3), VARIANTS | BATCHED)
-        chosen["tiny tokens"] = (lambda: nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)), (4, 8), EVERY_LINEAR)
+        chosen["tiny tokens"] = (
+            lambda: nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)),
+            (4, 8),
+            EVERY_LINEAR,
+        )
         return chosen
     tv = torchvision.models
     if "models" in parts:
@@ -122,7 +126,11 @@ def models(tiny: bool, parts: set[str]) -> dict[str, tuple[callable, tuple[int, 
         import timm  # the test extra's; only this part needs it
 
         chosen |= {
-            "vit_small": (lambda: timm.create_model("vit_small_patch16_224", pretrained=False), (3, 224, 224), EVERY_LINEAR),
+            "vit_small": (
+                lambda: timm.create_model("vit_small_patch16_224", pretrained=False),
+                (3, 224, 224),
+                EVERY_LINEAR,
+            ),
             "convnext_tiny": (lambda: tv.convnext_tiny(weights=None), (3, 224, 224), EVERY_LINEAR),
         }
     return chosen
@@ -177,7 +185,9 @@ def bench_model(name, factory, item_shape, variants, batches, rounds, threads, f
     sessions = {runtime: {} for runtime in FILE_RUNTIMES}
     for variant, module in modules.items():
         start = time.perf_counter()
-        path = fxconv.export_onnx(module, example, folder / f"{name.replace(' ', '_')}_{variant.replace(' ', '_')}.onnx")
+        path = fxconv.export_onnx(
+            module, example, folder / f"{name.replace(' ', '_')}_{variant.replace(' ', '_')}.onnx"
+        )
         setup.setdefault(variant, {})["export_s"] = time.perf_counter() - start
         for runtime in FILE_RUNTIMES:
             sessions[runtime][variant] = open_session(path, runtime, threads=threads)
@@ -191,8 +201,10 @@ def bench_model(name, factory, item_shape, variants, batches, rounds, threads, f
             diffs = {("pytorch", v): float((m(x) - want).abs().max()) for v, m in modules.items()}
             diffs |= {(r, v): float(abs(torch.from_numpy(s.run(feed)[0]) - want).max())
                       for r in FILE_RUNTIMES for v, s in sessions[r].items()}  # fmt: skip
-            every = {r: {v: (lambda s=s: s.run(feed)) for v, s in sessions[r].items()} for r in FILE_RUNTIMES}
-            every["pytorch"] = {v: (lambda m=m: m(x)) for v, m in modules.items()}
+            every = {
+                r: {v: (lambda s=s, feed=feed: s.run(feed)) for v, s in sessions[r].items()} for r in FILE_RUNTIMES
+            }
+            every["pytorch"] = {v: (lambda m=m, x=x: m(x)) for v, m in modules.items()}
             for runtime, runners in every.items():
                 rows += timed_rows(name, runtime, batch, runners, rounds, diffs, setup)
                 progress.step(f"{name} batch {batch} {runtime}")
@@ -216,7 +228,9 @@ def timed_rows(name, runtime, batch, runners, rounds, diffs, setup) -> list[dict
     ]  # fmt: skip
 
 
-def bench_onnx_file(name, factory, item_shape, quantized, batches, rounds, threads, folder: Path, progress) -> list[dict]:
+def bench_onnx_file(
+    name, factory, item_shape, quantized, batches, rounds, threads, folder: Path, progress
+) -> list[dict]:
     """An ONNX file as users hold it (the TorchScript exporter's Flatten → Gemm, opset 13; quantised to
     QDQ int8 per channel if asked) against ``convert_onnx``'s rewrite of it, in each runtime."""
     torch.manual_seed(0)
@@ -242,7 +256,7 @@ def bench_onnx_file(name, factory, item_shape, quantized, batches, rounds, threa
             feed = [torch.randn(batch, *item_shape).numpy()]
             want = sessions["original"].run(feed)[0]
             diffs = {(runtime, v): float(abs(s.run(feed)[0] - want).max()) for v, s in sessions.items()}
-            runners = {v: (lambda s=s: s.run(feed)) for v, s in sessions.items()}
+            runners = {v: (lambda s=s, feed=feed: s.run(feed)) for v, s in sessions.items()}
             rows += timed_rows(name, runtime, batch, runners, rounds, diffs, setup)
             progress.step(f"{name} batch {batch} {runtime}")
     return rows
@@ -256,7 +270,9 @@ def quantize_qdq(path: Path, out: Path, item_shape, samples: int = 8) -> Path:
     class Calibration(CalibrationDataReader):
         def __init__(self):
             generator = torch.Generator().manual_seed(0)
-            self.batches = iter([{"input": torch.randn(1, *item_shape, generator=generator).numpy()} for _ in range(samples)])
+            self.batches = iter(
+                [{"input": torch.randn(1, *item_shape, generator=generator).numpy()} for _ in range(samples)]
+            )
 
         def get_next(self):
             return next(self.batches, None)
@@ -371,7 +387,9 @@ def plot(rows: list[dict], dense: list[dict], path: Path, threads: int) -> bool:
     panels = [(title, [r for r in rows if r["runtime"] == runtime and keep(r)]) for title, runtime, keep in panels]
     panels = [(title, chosen) for title, chosen in panels if chosen]
     count = len(panels) + bool(dense)
-    fig, axes = plt.subplots((count + 2) // 3, 3, figsize=(18, 4 * ((count + 2) // 3)), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        (count + 2) // 3, 3, figsize=(18, 4 * ((count + 2) // 3)), constrained_layout=True, squeeze=False
+    )
     for ax, (title, chosen) in zip(axes.flat, panels):
         batched = "batched" in title
         _ratio_panel(ax, chosen, title, window=not batched and "Linear" not in title, goal=not batched)
@@ -453,7 +471,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="whole models at batch 32, heads at 128, more rounds")
     parser.add_argument("--tiny", action="store_true", help="small stand-in models: proves the script runs")
-    parser.add_argument("--only", choices=("models", "scope", "onnx", "dense", "memory"), help="run one part (writes bench-PART.json)")
+    parser.add_argument(
+        "--only", choices=("models", "scope", "onnx", "dense", "memory"), help="run one part (writes bench-PART.json)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replot", type=Path, metavar="BENCH.json", help="redraw the plot of a finished run beside it")
     parser.add_argument("--out", type=Path, default=HERE / "scratch",
@@ -469,7 +489,11 @@ def main(argv=None) -> int:
     batches = (1,) if args.tiny else (1, 8, 32)
     rounds = 3 if args.tiny else 9 if args.full else 5
     args.out.mkdir(parents=True, exist_ok=True)
-    parts = {args.only} if args.only else {"models", "scope", "onnx", "dense", "memory"} - ({"dense", "memory"} if args.tiny else set())
+    parts = (
+        {args.only}
+        if args.only
+        else {"models", "scope", "onnx", "dense", "memory"} - ({"dense", "memory"} if args.tiny else set())
+    )
     zoo, files = models(args.tiny, parts), onnx_files(args.tiny, parts)
     dense_models = ("resnet18", "vgg16") if "dense" in parts else ()
     # Whole models at batch 32 with --full only, and batch 128 for the heads alone: a whole vgg16 takes
@@ -484,14 +508,19 @@ def main(argv=None) -> int:
             plan[name] = batches if args.full else batches[:2]
     for name, (_, _, quantized) in files.items():  # QDQ files at batch 1 and 8: what the NPU users run
         plan[name] = batches[:2] if quantized else batches
-    progress = Progress(sum((1 + len(FILE_RUNTIMES)) * len(plan[n]) for n in zoo) + sum(len(FILE_RUNTIMES) * len(plan[n]) for n in files)
-                        + len(dense_models))  # fmt: skip
+    steps = sum((1 + len(FILE_RUNTIMES)) * len(plan[n]) for n in zoo)
+    steps += sum(len(FILE_RUNTIMES) * len(plan[n]) for n in files)
+    progress = Progress(steps + len(dense_models))
     rows, dense = [], []
     with tempfile.TemporaryDirectory() as folder:
         for name, (factory, shape, variants) in zoo.items():
-            rows += bench_model(name, factory, shape, variants, plan[name], rounds, args.threads, Path(folder), progress)
+            rows += bench_model(
+                name, factory, shape, variants, plan[name], rounds, args.threads, Path(folder), progress
+            )
         for name, (factory, shape, quantized) in files.items():
-            rows += bench_onnx_file(name, factory, shape, quantized, plan[name], rounds, args.threads, Path(folder), progress)
+            rows += bench_onnx_file(
+                name, factory, shape, quantized, plan[name], rounds, args.threads, Path(folder), progress
+            )
     for name in dense_models:
         dense.append(bench_dense(name, 3, args.threads))
         progress.step(f"dense {name}")
@@ -502,7 +531,10 @@ def main(argv=None) -> int:
         print(f"dense {d['model']}: 448x448 in one pass {d['dense_ms']:.0f} ms vs 64 crops {d['crops_ms']:.0f} ms: "
               f"{d['speedup']:.1f}x faster (rounds {d['speedup_min']:.1f}-{d['speedup_max']:.1f}x; grid {d['grid']})")
     for m in memory:
-        print(f"convert vgg16 ({m['mode']}): peak memory +{m['peak_added_mib']:.0f} MiB for {m['weights_mib']:.0f} MiB of weights")
+        print(
+            f"convert vgg16 ({m['mode']}): peak memory +{m['peak_added_mib']:.0f} MiB "
+            f"for {m['weights_mib']:.0f} MiB of weights"
+        )
     machine = {**versions(), "processor": platform.processor(), "cpus": os.cpu_count()}
     document = {"rows": rows, "dense": dense, "memory": memory, "threads": args.threads, "rounds": rounds,
                 "versions": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip

@@ -69,12 +69,18 @@ def patches(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Ten
     for k in range(n):
         images[k] = background(PATCH, PATCH, generator)
         kind = int(torch.randint(4, (1,), generator=generator))
-        jitter = torch.randint(-2, 3, (2,), generator=generator)  # ±2 px: half the stride, so no plus falls between windows
+        # ±2 px: half the stride, so no plus falls between windows
+        jitter = torch.randint(-2, 3, (2,), generator=generator)
         if kind == 0:  # positive
             draw(images[k], "plus", 16 + int(jitter[0]), 16 + int(jitter[1]))
             labels[k] = 1
         elif kind == 1:  # another shape in the middle
-            draw(images[k], SHAPES[1 + int(torch.randint(3, (1,), generator=generator))], 16 + int(jitter[0]), 16 + int(jitter[1]))
+            draw(
+                images[k],
+                SHAPES[1 + int(torch.randint(3, (1,), generator=generator))],
+                16 + int(jitter[0]),
+                16 + int(jitter[1]),
+            )
         elif kind == 2:  # a plus off centre
             cy, cx = (int(v) for v in torch.randint(6, 27, (2,), generator=generator))
             if max(abs(cy - 16), abs(cx - 16)) <= 4:  # off centre: more than the jitter of a positive
@@ -88,7 +94,7 @@ def train(steps: int, generator: torch.Generator) -> LeNet:
     """Train on freshly generated batches; returns the model in eval mode."""
     model = LeNet()
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(steps):
+    for _ in range(steps):
         x, y = patches(64, generator)
         loss = F.cross_entropy(model(x), y)
         optimiser.zero_grad()
@@ -133,7 +139,8 @@ def main(argv=None) -> int:
         h, w = dense_grid.shape
         start = time.perf_counter()
         crop_grid = torch.stack([
-            torch.stack([model(image[:, :, STRIDE * i : STRIDE * i + PATCH, STRIDE * j : STRIDE * j + PATCH]).softmax(1)[0, 1]
+            torch.stack([model(image[:, :, STRIDE * i : STRIDE * i + PATCH, STRIDE * j : STRIDE * j + PATCH])
+                         .softmax(1)[0, 1]
                          for j in range(w)])
             for i in range(h)
         ])  # fmt: skip

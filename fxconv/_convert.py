@@ -10,7 +10,8 @@ After, ``method="kernel"`` (the default)::
 
 After, ``method="1x1"``::
 
-    x ─ reshape (N, C·H·W, 1, 1) ─ conv2d(W1.view(F, C·H·W, 1, 1)) ─ ReLU ─ conv2d(W2.view(K, F, 1, 1)) ─ flatten ─▶ (N, K)
+    x ─ reshape (N, C·H·W, 1, 1) ─ conv2d(W1.view(F, C·H·W, 1, 1)) ─ ReLU ─ conv2d(W2.view(K, F, 1, 1))
+      ─ flatten ─▶ (N, K)
 
 Before, a transformer MLP on tokens (converted with ``scope="all"``)::
 
@@ -69,7 +70,8 @@ def convert(
     inplace: bool = False,
     capture: str = "auto",
 ) -> ConvertResult:
-    """Rewrite every Linear fed by a flattened feature map in ``model`` (every Linear, with ``scope="all"``) as a convolution.
+    """Rewrite every Linear fed by a flattened feature map in ``model`` as a convolution (every Linear, with
+    ``scope="all"``).
 
     ``model`` is an ``nn.Module``, a ``GraphModule`` you traced yourself (symbolic_trace, a custom
     tracer, or ``ExportedProgram.module()``), or an ``ExportedProgram`` (then the result is an
@@ -120,7 +122,7 @@ def convert(
         raise InvalidArgumentError("approximate=True is a dense-mode option: pass dense=True too")
     inputs = as_tuple(example_inputs)
     captured = capture_graph(model, inputs, capture, inplace=inplace)
-    report = Report(method=method, scope=scope, layout=layout, dense=dense, capture=captured.how, capture_note=captured.note)
+    report = Report(method, scope, layout, dense, capture=captured.how, capture_note=captured.note)
     report.skipped += [
         skip(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
         for name, where in captured.hidden

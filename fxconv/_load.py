@@ -32,7 +32,9 @@ def load_model(spec: str, state_dict: Path | None, allow_pickle: bool = False) -
         model = _LIBRARIES[library](name)
     elif Path(spec).is_file() and spec.endswith(".pt2"):
         if state_dict is not None:
-            raise InvalidArgumentError(f"{spec} is an ExportedProgram: its weights are in it, --state-dict does not apply")
+            raise InvalidArgumentError(
+                f"{spec} is an ExportedProgram: its weights are in it, --state-dict does not apply"
+            )
         try:
             return torch.export.load(spec)  # the safe format: no code runs; fixed to the mode it was saved in
         except Exception as e:
@@ -114,7 +116,8 @@ def _factory_model(spec: str) -> nn.Module:
     try:
         target = importlib.import_module(module_name)
     except SyntaxError as e:
-        raise InvalidArgumentError(f"cannot import {module_name!r}: syntax error in {e.filename}:{e.lineno}: {e.msg}") from e
+        where = f"{e.filename}:{e.lineno}"
+        raise InvalidArgumentError(f"cannot import {module_name!r}: syntax error in {where}: {e.msg}") from e
     except ImportError as e:
         raise InvalidArgumentError(f"cannot import {module_name!r}: {e}") from e
     for i, attr in enumerate(path):

@@ -136,7 +136,8 @@ def _shape_then_slice(graph: ir.Graph, node: ir.Node) -> None:
         return
     bounds = []
     for name, attr, default in (("starts", start, 0), ("ends", end, 2**62)):
-        value = ir.Value(name=f"{node.name}_{name}", const_value=ir.tensor([attr.value if attr else default], dtype=ir.DataType.INT64))
+        tensor = ir.tensor([attr.value if attr else default], dtype=ir.DataType.INT64)
+        value = ir.Value(name=f"{node.name}_{name}", const_value=tensor)
         graph.register_initializer(value)
         bounds.append(value)
     shape = ir.node("Shape", [node.inputs[0]], name=f"{node.name}_whole")

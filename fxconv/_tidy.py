@@ -129,7 +129,8 @@ def _unit_strides(node: ir.Node) -> None:
     """Stride 1 on each axis where the unpadded input is exactly one kernel long."""
     shape, weight = _static(node.inputs[0]), _static(node.inputs[1])
     strides = node.attributes.get_ints("strides")
-    if shape is None or weight is None or strides is None or node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
+    padded_by_rule = node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET"
+    if shape is None or weight is None or strides is None or padded_by_rule:
         return
     spatial = len(shape) - 2
     pads = node.attributes.get_ints("pads") or (0,) * 2 * spatial

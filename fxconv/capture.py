@@ -39,9 +39,9 @@ from torch.fx import Node
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves
 
-from .fx.nodes import module_path
 from ._util import batch_of_two, eval_mode, first_line
 from .errors import ExampleInputError, InvalidArgumentError, TraceError
+from .fx.nodes import module_path
 from .options import CAPTURES
 
 __all__ = ["Captured", "capture", "export_again", "node_place", "record_shapes"]
@@ -104,7 +104,8 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
                 return traced
             else:  # torch.export traces into what symbolic_trace keeps whole; keep its graph if export fails
                 name, where = traced.hidden[0]
-                note = f"symbolic_trace keeps {len(traced.hidden)} Linears inside calls it does not trace into ({name!r} in {where})"
+                note = (f"symbolic_trace keeps {len(traced.hidden)} Linears inside calls it does not trace into "
+                        f"({name!r} in {where})")
         except TraceError as e:
             note = str(e)
         if how == "fx":
@@ -143,15 +144,21 @@ def hidden_linears(gm: fx.GraphModule, model: nn.Module | None = None) -> list[t
             if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
                 inner.insert(0, f"{node.target}.in_proj")
             hidden += [(name, f"module {node.target!r} ({type(module).__name__})") for name in inner]
-        elif node.op == "call_function" and (getattr(node.target, "__module__", None) or "torch").split(".")[0] not in _TRACED:
+        elif node.op == "call_function" and _library(node.target) not in _TRACED:
             weights = [a.target for a in node.all_input_nodes if a.op == "get_attr" and a.target.endswith(".weight")]
             linears = [w.removesuffix(".weight") for w in weights]
             name = getattr(node.target, "__name__", node.name)
-            hidden += [(lin, f"function {name!r}") for lin in linears if isinstance(modules.get(lin), nn.Linear) and lin not in called]
+            inner = [lin for lin in linears if isinstance(modules.get(lin), nn.Linear) and lin not in called]
+            hidden += [(lin, f"function {name!r}") for lin in inner]
     return hidden
 
 
 _TRACED = {"torch", "_operator", "operator", "builtins", "math"}  # functions whose calls show what they compute
+
+
+def _library(function) -> str:
+    """The top-level package a function comes from (torch's own when it says none)."""
+    return (getattr(function, "__module__", None) or "torch").split(".")[0]
 
 
 def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
@@ -223,7 +230,8 @@ def _same(a, b) -> bool:
         if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
             return False
         if isinstance(x, torch.Tensor):
-            if x.shape != y.shape or x.dtype != y.dtype or not torch.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True):
+            same_kind = x.shape == y.shape and x.dtype == y.dtype
+            if not same_kind or not torch.allclose(x, y, rtol=1e-5, atol=1e-6, equal_nan=True):
                 return False
         elif x != y:
             return False
@@ -241,10 +249,8 @@ class _ShapeRecorder(fx.Interpreter):
         try:
             result = super().run_node(n)
         except Exception as e:
-            expected = self._expected(n)
-            raise ExampleInputError(
-                expected or f"the model rejects the example inputs at {node_place(n)}: {type(e).__name__}: {first_line(e)}"
-            ) from e
+            rejected = f"the model rejects the example inputs at {node_place(n)}: {type(e).__name__}: {first_line(e)}"
+            raise ExampleInputError(self._expected(n) or rejected) from e
         if isinstance(result, torch.Tensor):
             n.meta["tensor_meta"] = _extract_tensor_metadata(result)
         return result

@@ -218,7 +218,9 @@ def _reference(reference, runtime: str, stack: contextlib.ExitStack):
     elif isinstance(reference, (str, os.PathLike)):
         model = load_onnx(reference)
     else:
-        raise InvalidArgumentError(f"reference must be an nn.Module, an ExportedProgram or an ONNX file, not {type(reference).__name__}")
+        raise InvalidArgumentError(
+            f"reference must be an nn.Module, an ExportedProgram or an ONNX file, not {type(reference).__name__}"
+        )
     session = open_session(reference, runtime)
     return (lambda inputs: [torch.from_numpy(a) for a in session.run([t.numpy() for t in inputs])]), model
 

@@ -71,14 +71,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="heads: Linears fed by a flattened or pooled map (default); all: every Linear, as 1x1 "
                    "convolutions on (N, C, 1, L) tokens and NCHW maps")
     c.add_argument("--layout", choices=LAYOUTS, help="where the batch goes in the head (default folded)")
-    c.add_argument("--capture", default="auto", choices=CAPTURES, help="symbolic_trace (fx), torch.export, or auto (default)")
+    c.add_argument("--capture", default="auto", choices=CAPTURES,
+                   help="symbolic_trace (fx), torch.export, or auto (default)")
     c.add_argument("--approximate", action="store_true",
                    help="with --dense: accept global pools inside the backbone (squeeze-and-excitation)")
     c.add_argument("--dense", action="store_true", help="fully convolutional: (N, classes, h, w) on larger inputs")
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
     c.add_argument("--batch", type=_positive, metavar="N", help="fix the file's batch size (default: dynamic)")
     c.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 13 or later (default: the exporter's, 20)")
-    c.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES, help="what checks the file (default onnxruntime)")
+    c.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES,
+                   help="what checks the file (default onnxruntime)")
     c.add_argument("--no-check", action="store_true", help="skip the comparison with the original")
     c.add_argument("--state-dict", type=Path, metavar="WEIGHTS.pt", help="load these weights into the model first")
     c.add_argument("--allow-pickle", action="store_true",
@@ -124,7 +126,9 @@ def _convert(args: argparse.Namespace) -> int:
     for path in filter(None, (args.output, args.report)):
         _check_writable(path, args.force)
     if not args.no_check and importlib.util.find_spec(args.runtime) is None:
-        raise InvalidArgumentError(f"--runtime {args.runtime}: it is not installed (pip install 'fxconv[{args.runtime}]')")
+        raise InvalidArgumentError(
+            f"--runtime {args.runtime}: it is not installed (pip install 'fxconv[{args.runtime}]')"
+        )
     from ._util import versions
     from .check import check_onnx, load_onnx, op_census, weight_products
 
@@ -219,10 +223,10 @@ def _from_pytorch(args: argparse.Namespace, timings: dict[str, float]) -> _Sourc
     # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose output at
     # the example's size convert() proves equal to the original's logits.
     reference, name = (module, "the dense PyTorch model") if args.dense else (model, "the original")
-    return _Source(
-        report, lambda path: export_onnx(module, example, path, batch=args.batch, opset=args.opset, dynamic_spatial=args.dense),
-        "exporting the converted model to ONNX", reference, name, example, list(shape),
-    )
+    def write(path: Path) -> None:
+        export_onnx(module, example, path, batch=args.batch, opset=args.opset, dynamic_spatial=args.dense)
+
+    return _Source(report, write, "exporting the converted model to ONNX", reference, name, example, list(shape))
 
 
 def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
@@ -237,8 +241,8 @@ def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
         )
     import onnx
 
-    from .onnx.convert import convert_onnx
     from .check import load_onnx
+    from .onnx.convert import convert_onnx
 
     with _step("loading the ONNX file", timings, "load"):
         original = load_onnx(args.model)
@@ -255,7 +259,8 @@ def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
         large = converted.ByteSize() >= 2**31 - 2**20  # protobuf's limit, less room for the graph
         onnx.save(converted, path, save_as_external_data=large, location=f"{path.name}.data")
 
-    return _Source(report, write, "writing the converted ONNX file", args.model, f"the original {args.model}", example, shape)
+    reference_name = f"the original {args.model}"
+    return _Source(report, write, "writing the converted ONNX file", args.model, reference_name, example, shape)
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -365,7 +370,8 @@ def _inspect(args: argparse.Namespace) -> int:
     initializers = {i.name for i in graph.initializer}
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     print(f"{args.file}: opsets {opsets}")
-    for title, values in (("inputs", [v for v in graph.input if v.name not in initializers]), ("outputs", graph.output)):
+    inputs = [v for v in graph.input if v.name not in initializers]
+    for title, values in (("inputs", inputs), ("outputs", graph.output)):
         print(f"{title}:")
         for v in values:
             dims = [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]

@@ -4,12 +4,12 @@ Each carries a message a user can act on; the CLI prints it as one line.
 """
 
 __all__ = [
+    "ExampleInputError",
     "FxconvError",
     "InvalidArgumentError",
-    "TraceError",
-    "ExampleInputError",
     "NotConvertibleError",
     "OnnxError",
+    "TraceError",
 ]
 
 

@@ -64,8 +64,8 @@ class Report:
     def __str__(self) -> str:
         mode = ", dense" if self.dense else ""
         lines = [
-            f"fxconv (method={self.method!r}, scope={self.scope!r}, layout={self.layout!r}{mode}): {len(self.converted)} Linear converted, "
-            f"{len(self.skipped)} left alone"
+            f"fxconv (method={self.method!r}, scope={self.scope!r}, layout={self.layout!r}{mode}): "
+            f"{len(self.converted)} Linear converted, {len(self.skipped)} left alone"
         ]
         if self.capture:
             because = f" ({self.capture_note})" if self.capture_note else ""

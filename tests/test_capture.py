@@ -18,6 +18,7 @@ from torch import fx, nn
 from torch.export import Dim
 
 import fxconv
+
 from conftest import assert_same_outputs
 from models import (
     MATRIX_SPELLINGS,

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxconv
-from conftest import assert_same_outputs
 from fxconv.capture import capture
 from fxconv.carry import CARRIED, LEVELS
 from fxconv.check import load_onnx, op_census
 from fxconv.fx.read import _INDEX, _resolve
+
+from conftest import assert_same_outputs
 from test_scope import layout_changes
 
 C = 8

@@ -23,7 +23,9 @@ import torch
 from torch import nn
 
 def make():
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 10), nn.ReLU(), nn.Linear(10, 5))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 10), nn.ReLU(), nn.Linear(10, 5)
+    )
 
 def noisy():
     class Noisy(nn.Module):
@@ -127,7 +129,10 @@ def test_a_runtime_that_is_not_installed_is_refused_before_any_work(workdir, mon
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
     code = cli.main(["convert", "no.such:model", "--runtime", "openvino", "-o", str(workdir / "m.onnx")])
-    assert code == 2 and "--runtime openvino: it is not installed (pip install 'fxconv[openvino]')" in capsys.readouterr().err
+    assert (
+        code == 2
+        and "--runtime openvino: it is not installed (pip install 'fxconv[openvino]')" in capsys.readouterr().err
+    )
 
 
 def test_a_module_callable_model(workdir):
@@ -203,7 +208,9 @@ def test_no_check_skips_the_comparison(workdir):
 
 
 def test_a_failed_check_exits_1_and_writes_nothing(workdir):
-    result = fxconv_cli("convert", "nets:noisy", "--input-shape", TINY, "-o", "m.onnx", "--report", "r.json", cwd=workdir)
+    result = fxconv_cli(
+        "convert", "nets:noisy", "--input-shape", TINY, "-o", "m.onnx", "--report", "r.json", cwd=workdir
+    )
     assert result.returncode == 1
     assert "check FAILED" in result.stdout and "was not written" in result.stderr
     assert not (workdir / "m.onnx").exists()
@@ -241,8 +248,10 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["nets:make", "--bogus"], "unrecognized arguments: --bogus"),
     ],
     ids=[
-        "unknown-model", "no-module", "no-callable", "no-attribute", "not-a-literal", "syntax-error", "unknown-timm", "factory-fails", "bad-spec", "shape-unparsable",
-        "shape-rejected", "wrong-channels", "wrong-rank", "float64", "opset-12", "batch-0", "unknown-runtime", "unknown-method", "unknown-layout", "dense-1x1", "bad-state-dict", "missing-dir", "output-is-a-directory", "existing-output", "bad-flag",
+        "unknown-model", "no-module", "no-callable", "no-attribute", "not-a-literal", "syntax-error",
+        "unknown-timm", "factory-fails", "bad-spec", "shape-unparsable", "shape-rejected", "wrong-channels",
+        "wrong-rank", "float64", "opset-12", "batch-0", "unknown-runtime", "unknown-method", "unknown-layout",
+        "dense-1x1", "bad-state-dict", "missing-dir", "output-is-a-directory", "existing-output", "bad-flag",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
@@ -349,7 +358,9 @@ def test_an_interrupt_a_library_swallows_still_stops_the_run(workdir, monkeypatc
     monkeypatch.chdir(workdir)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup and in some CI workers
     code = cli.main(["convert", "nets:make", "--input-shape", TINY, "-o", "m.onnx"])
-    assert code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "fxconv: interrupted; nothing was written"
+    assert (
+        code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "fxconv: interrupted; nothing was written"
+    )
     assert sorted(p.name for p in workdir.iterdir()) == ["nets.py"]
     assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
 
@@ -384,9 +395,19 @@ def test_an_interrupt_inside_a_finalizer_stops_the_run_in_one_line(workdir):
 
 
 def test_an_onnx_file_is_rewritten_checked_and_left_as_it_was(workdir):
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 10), nn.ReLU(), nn.Linear(10, 5))
-    torch.onnx.export(model.eval(), (torch.randn(1, 3, 16, 16),), workdir / "in.onnx", dynamo=False, opset_version=13,
-                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, 10), nn.ReLU(), nn.Linear(10, 5)
+    )
+    torch.onnx.export(
+        model.eval(),
+        (torch.randn(1, 3, 16, 16),),
+        workdir / "in.onnx",
+        dynamo=False,
+        opset_version=13,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+    )
     before = (workdir / "in.onnx").read_bytes()
     result = fxconv_cli("convert", "in.onnx", "-o", "out.onnx", "--report", "r.json", "--strict", cwd=workdir)
     assert result.returncode == 0, result.stderr

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 import fxconv
+
 from conftest import assert_same_outputs
 from models import (
     BETWEEN,
@@ -346,7 +347,11 @@ def test_a_model_traced_with_a_custom_tracer_is_accepted():
 @pytest.mark.parametrize(
     ("args", "error", "match"),
     [
-        ((Head(), torch.randn(2, 3, 5, 5)), fxconv.ExampleInputError, r"expects 2 input channels in a 4-D \(N, C, H, W\) input"),
+        (
+            (Head(), torch.randn(2, 3, 5, 5)),
+            fxconv.ExampleInputError,
+            r"expects 2 input channels in a 4-D \(N, C, H, W\) input",
+        ),
         ((Head(), (torch.randn(2, 2, 5, 5),) * 2), fxconv.ExampleInputError, "takes 1 inputs, 2"),
         ((Head(), torch.randn(2, 2, 5, 5), "3x3"), fxconv.InvalidArgumentError, "unknown method '3x3'"),
         ((Head(), [[1.0]]), fxconv.InvalidArgumentError, "tensor or a tuple of tensors"),

@@ -9,6 +9,7 @@ import torchvision
 from torch import fx, nn
 
 import fxconv
+
 from conftest import assert_same_outputs, onnx_session
 from models import Head, TokenHead, TwoHeads
 
@@ -21,7 +22,9 @@ class LeNet(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2)
         )
-        self.classifier = nn.Sequential(nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * 5 * 5, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10)
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.features(x), 1))
@@ -130,7 +133,12 @@ def test_pooling_in_front_of_the_head_is_frozen(pool):
         (TokenHead(), torch.randn(2, 5, 8), fxconv.NotConvertibleError, "every head Linear"),
         (nn.Sequential(nn.Conv2d(2, 2, 1)), torch.randn(2, 2, 4, 4), fxconv.NotConvertibleError, "no Linear"),
         # Named by the source line, not a graph node.
-        (TwoHeads(), torch.randn(2, 2, 4, 4), fxconv.NotConvertibleError, r"read by .*models.py:\d+: `return self.a\(f\)"),
+        (
+            TwoHeads(),
+            torch.randn(2, 2, 4, 4),
+            fxconv.NotConvertibleError,
+            r"read by .*models.py:\d+: `return self.a\(f\)",
+        ),
     ],
     ids=["pool-6-to-4", "linear-left-alone", "no-head", "flattened-output-reused"],
 )

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 import fxconv
+
 from models import Head, TwoHeads
 
 # Classifiers whose heads differ: a three-Linear MLP behind an adaptive pool (alexnet), a global pool

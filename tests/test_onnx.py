@@ -8,6 +8,7 @@ import torchvision
 from torch import fx, nn
 
 import fxconv
+
 from conftest import onnx_session
 from models import FLATTENS, POOLS, Head, NormAfterFlatten, TwoHeads
 

@@ -37,7 +37,9 @@ def assert_same(original: onnx.ModelProto, converted: onnx.ModelProto, item_shap
 
 
 def _graph(nodes, inputs, outputs, initializers, opset=17) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in initializers.items()])
+    graph = helper.make_graph(
+        nodes, "g", inputs, outputs, [numpy_helper.from_array(a, n) for n, a in initializers.items()]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -316,7 +318,10 @@ def test_qoperator_files_and_subgraphs_are_reported(tmp_path):
     assert {s.code for s in report.skipped} == {"qoperator"} and not report.converted
     branch = helper.make_graph([helper.make_node("Gemm", ["x2", "w"], ["b"], transB=1)], "then", [],
                                [helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 3])])  # fmt: skip
-    nodes = [helper.make_node("Flatten", ["x"], ["x2"]), helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["x2"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch),
+    ]
     inputs = [_input((2, 2)), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])]
     _, report = fxconv.convert_onnx(_graph(nodes, inputs, [_output(3)], {"w": _w(3, 4)}))
     assert [(s.name, s.code) for s in report.skipped] == [("w", "subgraph")] * 2

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxconv
+
 from conftest import assert_same_outputs
 
 
@@ -57,7 +58,9 @@ def test_any_flattened_head_converts_and_matches(n, c, spatial, widths, bias, me
     layout=st.sampled_from(fxconv.LAYOUTS),
     seed=st.integers(0, 2**16),
 )
-def test_any_onnx_head_converts_and_matches(c, spatial, widths, spelling, channels_last, alpha_beta, method, layout, seed):
+def test_any_onnx_head_converts_and_matches(
+    c, spatial, widths, spelling, channels_last, alpha_beta, method, layout, seed
+):
     """A hand-written ONNX head over an (N, C, *S) map — flattened directly or through a channels-last
     Transpose — of Linears spelt as Gemm (either weight layout, alpha/beta) or MatMul (+ Add): the
     converted file equals the original in onnxruntime at two batch sizes."""
@@ -79,23 +82,32 @@ def test_any_onnx_head_converts_and_matches(c, spatial, widths, spelling, channe
                          numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), b)]  # fmt: skip
         if kind.startswith("gemm"):
             alpha, beta = alpha_beta
-            nodes.append(helper.make_node("Gemm", [value, w, b], [out], transB=int(kind == "gemm-transB"), alpha=alpha, beta=beta))
+            nodes.append(
+                helper.make_node(
+                    "Gemm", [value, w, b], [out], transB=int(kind == "gemm-transB"), alpha=alpha, beta=beta
+                )
+            )
         elif kind == "matmul":
             nodes.append(helper.make_node("MatMul", [value, w], [out]))
         else:
-            nodes += [helper.make_node("MatMul", [value, w], [f"product{i}"]), helper.make_node("Add", [f"product{i}", b], [out])]
+            nodes += [
+                helper.make_node("MatMul", [value, w], [f"product{i}"]),
+                helper.make_node("Add", [f"product{i}", b], [out]),
+            ]
         value, features = out, width
         if i < len(widths) - 1:
             nodes.append(helper.make_node("Relu", [value], [f"relu{i}"]))
             value = f"relu{i}"
-    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, *spatial])],
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, *spatial])
+    graph = helper.make_graph(nodes, "head", [x_info],
                               [helper.make_tensor_value_info(value, TensorProto.FLOAT, ["N", widths[-1]])],
                               initializers)  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     converted, report = fxconv.convert_onnx(model, method, layout=layout, strict=True)
-    assert len(report.converted) == len(widths) and report.converted[0].kernel == (spatial if method == "kernel" else (1,) * len(spatial))  # the map's conv rank, as in convert
+    assert len(report.converted) == len(widths)
+    assert report.converted[0].kernel == (spatial if method == "kernel" else (1,) * len(spatial))  # the map's rank
     for n in (1, 3):
         x = rng.standard_normal((n, c, *spatial)).astype(np.float32)
-        want, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-                     for m in (model, converted))  # fmt: skip
+        want, got = (ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+                     .run(None, {"x": x})[0] for m in (model, converted))  # fmt: skip
         torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want))

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxconv
-from conftest import assert_same_outputs, onnx_session
-from fxconv.fx.nodes import op_name
 from fxconv.check import load_onnx, op_census, weight_products
+from fxconv.fx.nodes import op_name
+
+from conftest import assert_same_outputs, onnx_session
 from test_capture import weight_products as linear_calls
 
 CAPTURES = ["fx", "export"]
@@ -26,7 +27,9 @@ TRANSPOSES = {"permute", "transpose", "t", "movedim", "swapaxes", "swapdims", "n
 def layout_changes(module) -> int:
     """How many permutes/transposes a graph runs (torch or ATen level)."""
     gm = module.module() if isinstance(module, torch.export.ExportedProgram) else module
-    return sum(op_name(n) in TRANSPOSES or (op_name(n) == "getattr" and n.args[1] in ("T", "mT")) for n in gm.graph.nodes)
+    return sum(
+        op_name(n) in TRANSPOSES or (op_name(n) == "getattr" and n.args[1] in ("T", "mT")) for n in gm.graph.nodes
+    )
 
 
 class Mlp(nn.Module):
@@ -79,7 +82,12 @@ class Mixer(nn.Module):
 
     def __init__(self, c=8, tokens=4):
         super().__init__()
-        self.norm1, self.tokens, self.norm2, self.channels = nn.LayerNorm(c), nn.Linear(tokens, tokens), nn.LayerNorm(c), Mlp(c)
+        self.norm1, self.tokens, self.norm2, self.channels = (
+            nn.LayerNorm(c),
+            nn.Linear(tokens, tokens),
+            nn.LayerNorm(c),
+            Mlp(c),
+        )
         self.head = nn.Linear(c, 3)
 
     def forward(self, x):  # (N, L, C)

@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 import fxconv
+
 from conftest import assert_same_outputs
 
 # Too large for the suite's time on 2 cores (300M+ parameters: 8-16 s each just to initialise, GBs to
@@ -31,7 +32,10 @@ def _lookup(table: dict, name: str, default):
 # under symbolic_trace the Linears inside nn.MultiheadAttention and Swin's wrapped attention function
 # (which it does not trace into), and under torch.export the in-projection of nn.MultiheadAttention, which
 # it runs on (N·L, C) (folding the batch). scope="all" converts them all: tests/test_zoo_all.py.
-ALLOWED_SKIPS = {"symbolic_trace": {"not-2d", "not-flattened", "opaque"}, "torch.export": {"not-2d", "not-flattened", "folds-batch"}}
+ALLOWED_SKIPS = {
+    "symbolic_trace": {"not-2d", "not-flattened", "opaque"},
+    "torch.export": {"not-2d", "not-flattened", "folds-batch"},
+}
 
 
 @pytest.mark.slow
@@ -39,7 +43,11 @@ ALLOWED_SKIPS = {"symbolic_trace": {"not-2d", "not-flattened", "opaque"}, "torch
     ("name", "method", "capture"),
     # Each model with one method per capture, alternating, so that both methods and both captures cover
     # every family in half the time.
-    [(name, fxconv.METHODS[(i + j) % 2], capture) for i, name in enumerate(NAMES) for j, capture in enumerate(["fx", "export"])],
+    [
+        (name, fxconv.METHODS[(i + j) % 2], capture)
+        for i, name in enumerate(NAMES)
+        for j, capture in enumerate(["fx", "export"])
+    ],
 )
 def test_zoo_model_converts_and_matches(name, method, capture):
     torch.manual_seed(0)

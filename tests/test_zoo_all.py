@@ -13,9 +13,10 @@ from timm.layers import Mlp
 from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock
 
 import fxconv
-from conftest import assert_same_outputs
 from fxconv.capture import capture
 from fxconv.check import load_onnx, op_census, weight_products
+
+from conftest import assert_same_outputs
 from test_scope import layout_changes
 
 tv = torchvision.models

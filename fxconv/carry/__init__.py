@@ -19,6 +19,7 @@ runs without torch, and the torch-level names are strings the fx front end resol
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..layouts import Layout, MapLayout, PositionLayout
 
@@ -73,7 +74,7 @@ class Rule:
     torch: tuple[str, ...] = ()  # "F.gelu" (torch.nn.functional), "torch.erf", "nn.GELU", ".gelu" (a Tensor method)
     aten: tuple[str, ...] = ()  # ATen overload packets: "gelu"
     onnx: tuple[str, ...] = ()  # ONNX op types (default domain)
-    not_at: dict[str, str] = {}  # level -> why this family is not carried there (yet)
+    not_at: ClassVar[dict[str, str]] = {}  # level -> why this family is not carried there (yet)
     on_channels = False  # works on the features as one axis: needs them all on the form's channel axis
     reads_form = False  # rewritten to read its input's form, its output left in the original layout
     after_conv = False  # carried in scope "heads" too, straight after a convolution (Q/DQ)

@@ -15,13 +15,15 @@ it, as QDQ compilers (and onnxruntime's QLinearConv fusion) match DQ â†’ Conv â†
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from . import Moved, Rule, operand_reason
 
 
 class QuantDequant(Rule):
     name = "quantize-dequantize"
     onnx = ("QuantizeLinear", "DequantizeLinear")
-    not_at = {
+    not_at: ClassVar[dict[str, str]] = {
         "torch": "fxconv converts PyTorch models before they are quantised (pt2e quantises the converted graph)",
         "aten": "fxconv converts PyTorch models before they are quantised (pt2e quantises the converted graph)",
     }

@@ -11,6 +11,8 @@ so a size read keeps no way out of the layout alive. Metadata asserts that torch
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from ..layouts import PositionLayout
 from . import Replaced, Rule
 
@@ -20,8 +22,10 @@ class Sizes(Rule):
     torch = (".size", "operator.getitem")
     aten = ("sym_size", "_assert_tensor_metadata")
     reads_form = True
-    not_at = {"onnx": "ONNX graphs read sizes with Shape nodes, which give whole shapes; fxconv leaves them "
-                      "reading the original value (it costs the way out where one is read)"}
+    not_at: ClassVar[dict[str, str]] = {
+        "onnx": "ONNX graphs read sizes with Shape nodes, which give whole shapes; fxconv leaves them reading "
+        "the original value (it costs the way out where one is read)"
+    }
 
     def read_fx(self, node, ctx) -> dict | None:
         name = ctx.op_name

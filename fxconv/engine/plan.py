@@ -283,7 +283,8 @@ class Planner:
             return Source(value, vector, spec.features, spec.start, tuple(fold), spec.reduce, spec.kind == "positions")
         if all(s == 1 for s in spec.features[1:]):
             return Source(value, vector, spec.features, spec.start, tuple(fold))
-        if self.method == "kernel" or (spec.perm != identity and not any(self.view.read(op).rule.on_channels for op in chain)):
+        over_features = any(self.view.read(op).rule.on_channels for op in chain)
+        if self.method == "kernel" or (spec.perm != identity and not over_features):
             layout = MapLayout(spec.features, spec.perm, self.folded, self.method == "kernel", spec.drops_unit_batch)
             return Source(value, layout, spec.features, spec.start, tuple(layout.enter_steps()))
         return Source(value, vector, spec.features, value, tuple(vector.enter_steps()))

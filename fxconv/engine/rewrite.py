@@ -116,9 +116,8 @@ class Rewrite:
             origin = (in_features, *(1,) * len(kernel))
         self._replace(linear.output, conv, route.out, head)
         described = ("folded" if self.folded else "batched") if head else route.out.shape
-        self.report.converted.append(Converted(
-            linear.name, self.method if head else "1x1", origin if head else (), kernel, self.build.name(conv), described,
-        ))  # fmt: skip
+        method, origin = (self.method, origin) if head else ("1x1", ())
+        self.report.converted.append(Converted(linear.name, method, origin, kernel, self.build.name(conv), described))
         log.debug("fxconv: %s -> %s, %s", linear.name, self.build.name(conv), described)
 
     def _convert_many(self, route: Route) -> None:

@@ -46,11 +46,11 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx import Node
 
+from .._util import eval_mode
 from ..capture import node_place
 from ..engine.rewrite import Rewrite
 from ..errors import NotConvertibleError
 from ..report import Frozen
-from .._util import eval_mode
 from . import pools
 from .nodes import module_path, shape_of
 

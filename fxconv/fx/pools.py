@@ -46,9 +46,7 @@ def pooling(view, node: Node) -> str | None:
     if kind is not None:
         return None if node.kwargs.get("return_indices") else kind
     record = view.read(node)
-    if record is not None and record.rule.name == "over-dims" and record.params["kind"] in ("mean", "sum", "max", "min"):
-        return {"mean": "avg"}.get(record.params["kind"], record.params["kind"])
-    return None
+    return _reduction(record)
 
 
 def fixed_pool(view, node: Node) -> tuple[str, object, object] | None:
@@ -66,7 +64,8 @@ def fixed_pool(view, node: Node) -> tuple[str, object, object] | None:
         return None
     dilation = arg(node, 4, "dilation", 1) if kind == "max" else 1
     extras = (kind == "avg" and arg(node, 6, "divisor_override")) or node.kwargs.get("return_indices")
-    extras = extras or (isinstance(dilation, int) and dilation != 1) or (not isinstance(dilation, int) and set(dilation) != {1})
+    dilates = dilation != 1 if isinstance(dilation, int) else set(dilation) != {1}
+    extras = extras or dilates
     return kind, arg(node, 3, "padding", 0), extras
 
 
@@ -88,7 +87,7 @@ def pools_over_space(view, node: Node) -> bool:
     if node.op not in ("call_function", "call_method"):
         return False
     record = view.read(node)
-    if record is None or record.rule.name != "over-dims" or record.params["kind"] not in ("mean", "sum", "max", "min"):
+    if _reduction(record) is None:
         return False
     size = record.data.shape
     if size is None or len(size) < 3:
@@ -108,3 +107,10 @@ def _hashable(value) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _reduction(record) -> str | None:
+    """For a reduction over dims (``x.mean((2, 3))``, ``amax``, ...): "avg", "sum", "max" or "min"; else None."""
+    if record is None or record.rule.name != "over-dims" or record.params["kind"] not in ("mean", "sum", "max", "min"):
+        return None
+    return {"mean": "avg"}.get(record.params["kind"], record.params["kind"])

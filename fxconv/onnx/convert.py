@@ -64,7 +64,9 @@ def convert_onnx(
     elif isinstance(model, onnx.ModelProto):
         proto = model
     else:
-        raise InvalidArgumentError(f"model must be an ONNX file's path or an onnx.ModelProto, not {type(model).__name__}")
+        raise InvalidArgumentError(
+            f"model must be an ONNX file's path or an onnx.ModelProto, not {type(model).__name__}"
+        )
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)  # the IR keeps the proto's tensors, and renaming a value renames its tensor
     graph_model = ir.from_proto(copy)

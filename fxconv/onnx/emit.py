@@ -214,7 +214,8 @@ class OnnxBuilder:
             ours_or_was_read = value in self.used_before or value in self.originals
             if ours_or_was_read and not value.uses() and not value.is_graph_input() and not value.is_graph_output():
                 self.graph.initializers.pop(value.name)
-        name_after_originals(self.graph, {v: root for v, root in self.originals.items() if v.name in self.graph.initializers})
+        kept = {v: root for v, root in self.originals.items() if v.name in self.graph.initializers}
+        name_after_originals(self.graph, kept)
 
 
 def _final_positions(dims) -> list[int]:

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from ..codes import skip
 from ..engine import GEMM, MATMUL, Linear
 from ..report import Skipped
-from .values import Const, from_constants, constant
+from .values import Const, constant, from_constants
 
 _QOPERATOR = frozenset({"QLinearMatMul", "MatMulInteger", "QGemm"})
 
@@ -51,7 +51,8 @@ def read_linear(view, node: ir.Node) -> Linear | Skipped | None:
     spelling = GEMM if node.op_type == "Gemm" else MATMUL
     attrs = node.attributes
     if node.op_type == "Gemm" and attrs.get_int("transA", 0):
-        return skip(name, "transA", "Gemm with transA=1 reads its input transposed, (K, N): the batch is not its first dim")
+        return skip(name, "transA", "Gemm with transA=1 reads its input transposed, (K, N): the batch is not "
+                    "its first dim")
     if w.array.ndim != 2:
         return skip(name, "weight-rank", f"its weight has shape {w.array.shape}; a Linear's is 2-D")
     transposed = not (spelling.transposes_weight and attrs.get_int(spelling.transposes_weight, 0))
@@ -61,7 +62,7 @@ def read_linear(view, node: ir.Node) -> Linear | Skipped | None:
     beta = attrs.get_float(spelling.beta, 1.0) if spelling.beta else 1.0
     if spelling.bias is not None and len(inputs) > 2 and inputs[2] is not None:
         bias = constant(inputs[2])
-        if bias is None or bias.array.size not in (1, out) or bias.array.ndim > 2 or (bias.array.ndim == 2 and bias.array.shape[0] != 1):
+        if bias is None or bias.array.shape not in ((), (1,), (out,), (1, 1), (1, out)):
             return skip(name, "bias", "its C operand is not a constant bias of shape (out,), (1, out) or ()")
     elif spelling.bias_after and len(output.uses()) == 1 and not output.is_graph_output():
         add, index = next(iter(output.uses()))
@@ -83,7 +84,8 @@ def _weight_refusal(call: Linear) -> tuple[str, str] | None:
         return "quant-axis", "its weight is quantised per input feature; a Conv weight's channel axis is its output's"
     if w.dequantize is not None and call.alpha != 1.0:
         return "alpha", f"Gemm alpha={call.alpha} scales a quantised weight: fxconv does not requantise"
-    if b is not None and b.dequantize is not None and (call.beta != 1.0 or (b.axis is not None and b.array.shape[b.axis] != b.array.size)):
+    along_other_axis = b is not None and b.axis is not None and b.array.shape[b.axis] != b.array.size
+    if b is not None and b.dequantize is not None and (call.beta != 1.0 or along_other_axis):
         return "bias", "its quantised bias is scaled by beta or quantised along another axis than the output features"
     return None
 

@@ -1,6 +1,8 @@
 """Reading an ONNX graph for the engine: its nodes, inferred shapes, constants, Linears and carried ops.
 
-Linears are read in ``linears``, constants in ``values``. Shapes come from ONNX shape inference; when it leaves a Linear's dims unknown (the TorchScript
+Linears are read in ``linears``, constants in ``values``.
+
+Shapes come from ONNX shape inference; when it leaves a Linear's dims unknown (the TorchScript
 exporter's transformers compute their Reshapes at run time), onnxruntime's symbolic shape inference,
 which follows such arithmetic, fills them in.
 """

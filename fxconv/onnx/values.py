@@ -1,4 +1,4 @@
-"""Constants in an ONNX graph: an initializer, a ``Constant``, through ``Identity``, or through a ``DequantizeLinear``."""
+"""Constants in an ONNX graph: an initializer or a ``Constant``, through ``Identity`` or a ``DequantizeLinear``."""
 
 from __future__ import annotations
 
