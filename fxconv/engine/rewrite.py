@@ -22,7 +22,8 @@ from ..carry import Moved
 from ..layouts import KEEP, MANY_POSITIONS, MapLayout, PositionLayout, compose, layout_for
 from ..report import Converted, Report
 from . import Entry, Form, Head
-from .plan import Planner, Route, Source
+from .plan import Planner, Route
+from .sources import Source
 
 log = logging.getLogger("fxconv")
 
