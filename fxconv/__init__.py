@@ -13,12 +13,13 @@ from importlib import metadata as _metadata
 from .errors import (
     ExampleInputError,
     FxconvError,
+    FxconvWarning,
     InvalidArgumentError,
     NotConvertibleError,
     OnnxError,
     TraceError,
 )
-from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES, SCOPES
+from .options import CAPTURES, CONV_METHODS, LAYOUTS, METHODS, RUNTIMES, SCOPES, TARGETS
 from .report import Converted, Frozen, Report, Skipped
 
 try:
@@ -50,15 +51,18 @@ def __getattr__(name: str):
 
 __all__ = [
     "CAPTURES",
+    "CONV_METHODS",
     "LAYOUTS",
     "METHODS",
     "RUNTIMES",
     "SCOPES",
+    "TARGETS",
     "ConvertResult",
     "Converted",
     "ExampleInputError",
     "Frozen",
     "FxconvError",
+    "FxconvWarning",
     "InvalidArgumentError",
     "NotConvertibleError",
     "OnnxCheck",

@@ -29,6 +29,7 @@ through the fx front end, ``fxconv.fx``; the ops it carries are ``fxconv.carry``
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -40,12 +41,12 @@ from .capture import capture as capture_graph  # the name ``capture`` is convert
 from .capture import export_again
 from .codes import skip
 from .engine.rewrite import Rewrite
-from .errors import InvalidArgumentError, NotConvertibleError
+from .errors import FxconvWarning, InvalidArgumentError, NotConvertibleError
 from .fx.dense import make_dense
 from .fx.emit import FxBuilder
 from .fx.read import FxView
-from .options import LAYOUTS, METHODS, SCOPES
 from .report import Report
+from .targets import resolve
 
 __all__ = ["ConvertResult", "convert"]
 
@@ -60,10 +61,11 @@ class ConvertResult(NamedTuple):
 def convert(
     model: nn.Module | ExportedProgram,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
-    method: str = "kernel",
+    method: str | None = None,
     *,
-    scope: str = "heads",
+    scope: str | None = None,
     layout: str | None = None,
+    target: str = "onnxruntime",
     dense: bool = False,
     approximate: bool = False,
     strict: bool = False,
@@ -106,29 +108,28 @@ def convert(
     (squeeze-and-excitation blocks): each window then sees the whole image through them, and
     ``report.approximate`` lists them.
     """
-    if scope not in SCOPES:
-        raise InvalidArgumentError(f"unknown scope {scope!r}: choose one of {', '.join(SCOPES)}")
-    if method not in METHODS:
-        raise InvalidArgumentError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    profile, chosen, slower = resolve(target, method, scope, layout, dense)
+    method, scope, layout = chosen["method"], chosen["scope"], chosen["layout"]
     if dense and method != "kernel":
         raise InvalidArgumentError("dense=True needs method='kernel': a 1x1 head reads a reshaped vector")
-    layout = layout or ("batched" if dense else "folded")
-    if layout not in LAYOUTS or (dense and layout != "batched"):
+    if dense and layout != "batched":
         raise InvalidArgumentError(
-            f"layout {layout!r} is not one of {', '.join(LAYOUTS)}" if layout not in LAYOUTS
-            else "dense=True needs layout='batched': the windows of one image already fill the spatial axes"
+            "dense=True needs layout='batched': the windows of one image already fill the spatial axes"
         )
     if approximate and not dense:
         raise InvalidArgumentError("approximate=True is a dense-mode option: pass dense=True too")
     inputs = as_tuple(example_inputs)
     captured = capture_graph(model, inputs, capture, inplace=inplace)
-    report = Report(method, scope, layout, dense, capture=captured.how, capture_note=captured.note)
+    for warning in slower:
+        warnings.warn(warning, FxconvWarning, stacklevel=2)
+    report = Report(method, scope, layout, dense, captured.how, captured.note, target)
     report.skipped += [
         skip(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
         for name, where in captured.hidden
     ]
     view = FxView(captured.gm)
-    rewrite = Rewrite(view, FxBuilder(captured.gm, view), method, layout, scope, report)
+    rewrite = Rewrite(view, FxBuilder(captured.gm, view), method, layout, scope, report, why=profile.why,
+                      keeps=chosen["keeps"])
     rewrite.run()
     if dense:
         make_dense(rewrite, inputs, approximate)

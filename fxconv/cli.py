@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import FxconvError, InvalidArgumentError
-from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES, SCOPES
+from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES, SCOPES, TARGETS
 
 if TYPE_CHECKING:
 
@@ -66,11 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
     c.add_argument("--input-shape", metavar="N,C,H,W",
                    help="example input shape (default 1,3,224,224; for an .onnx MODEL, its declared input shape)")
-    c.add_argument("--method", default="kernel", choices=METHODS, help="default kernel")
-    c.add_argument("--scope", default="heads", choices=SCOPES,
-                   help="heads: Linears fed by a flattened or pooled map (default); all: every Linear, as 1x1 "
-                   "convolutions on (N, C, 1, L) tokens and NCHW maps")
-    c.add_argument("--layout", choices=LAYOUTS, help="where the batch goes in the head (default folded)")
+    c.add_argument("--target", default="onnxruntime", choices=TARGETS,
+                   help="the compiler the file is for: its measured choices of method, scope and layout "
+                   "(default onnxruntime)")
+    c.add_argument("--method", choices=METHODS, help="how a head reads its map (default: the target's; kernel)")
+    c.add_argument("--scope", choices=SCOPES,
+                   help="heads: Linears fed by a flattened or pooled map; all: every Linear, as 1x1 convolutions "
+                   "on (N, C, 1, L) tokens and NCHW maps (default: the target's; heads)")
+    c.add_argument("--layout", choices=LAYOUTS, help="where the batch goes in the head (default: the target's; folded)")
     c.add_argument("--capture", default="auto", choices=CAPTURES,
                    help="symbolic_trace (fx), torch.export, or auto (default)")
     c.add_argument("--approximate", action="store_true",
@@ -217,7 +220,7 @@ def _from_pytorch(args: argparse.Namespace, timings: dict[str, float]) -> _Sourc
         example = torch.randn(shape, dtype=dtype)
     with _step("tracing and converting", timings, "convert"):
         module, report = convert(
-            model, example, args.method, scope=args.scope, layout=args.layout, dense=args.dense,
+            model, example, args.method, scope=args.scope, layout=args.layout, target=args.target, dense=args.dense,
             approximate=args.approximate, capture=args.capture,
         )
     # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose output at
@@ -247,7 +250,9 @@ def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
     with _step("loading the ONNX file", timings, "load"):
         original = load_onnx(args.model)
     with _step("converting", timings, "convert"):
-        converted, report = convert_onnx(original, args.method, scope=args.scope, layout=args.layout or "folded")
+        converted, report = convert_onnx(
+            original, args.method, scope=args.scope, layout=args.layout, target=args.target
+        )
     shape = list(_parse_shape(args.input_shape)) if args.input_shape else None
     example = None
     if shape:  # for files whose declared inputs have free dims beyond the batch

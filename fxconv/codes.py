@@ -23,6 +23,9 @@ class Code(NamedTuple):
 CODES: dict[str, Code] = {
     "not-2d": Code("the Linear reads a 3-D or larger tensor: it acts at each position (a transformer block), "
                    "not on a flattened map", "scope='all' (CLI: --scope all) converts it as a 1x1 convolution"),
+    "kept": Code("the target keeps it a Linear: its compiler runs it at least as fast as a convolution (measured), "
+                 "or the method has nothing to change", "an explicit method or scope converts it (fxconv warns if "
+                 "that was measured slower)"),
     "not-flattened": Code("its input is not a flatten or global pooling of a feature map (a class token "
                           "`x[:, 0]`, a plain vector)", "scope='all' converts it as a 1x1 convolution"),
     "no-batch": Code("its input has no batch dimension (a 1-D vector, or a squeeze of a batch of 1)",

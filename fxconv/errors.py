@@ -6,6 +6,7 @@ Each carries a message a user can act on; the CLI prints it as one line.
 __all__ = [
     "ExampleInputError",
     "FxconvError",
+    "FxconvWarning",
     "InvalidArgumentError",
     "NotConvertibleError",
     "OnnxError",
@@ -31,6 +32,10 @@ class ExampleInputError(FxconvError, ValueError):
 
 class NotConvertibleError(FxconvError):
     """A conversion that was asked to be complete (``strict=True``, dense mode) is not."""
+
+
+class FxconvWarning(UserWarning):
+    """A choice fxconv was told to make that its target's compiler was measured to run slower."""
 
 
 class OnnxError(FxconvError):

@@ -198,17 +198,21 @@ MANY_POSITIONS = "(N, *P, C) as (N, C, 1, L)"  # more position dims than a conv 
 
 @dataclass(frozen=True)
 class MapLayout:
-    """The conv form of ``flatten(map.permute(perm))``, an (N, K) value, for the Linear that reads it.
+    """The form of ``flatten(map.permute(perm))``, an (N, K) value, for the Linear that reads it, by ``mode``:
 
-    ``kernel=True``: the map itself (batched) or folded, (1, C, *S[:-1], N·S[-1]), for a convolution
-    whose kernel covers it. ``kernel=False`` (the 1x1 method on a flatten the model permuted first): the
-    map's own flattening in the vector layout, the permute moved into the weight's columns.
+    * ``"kernel"``: the map itself (batched) or folded, (1, C, *S[:-1], N·S[-1]), for a convolution whose
+      kernel covers it;
+    * ``"1x1"`` (on a flatten the model permuted first): the map's own flattening in the vector layout,
+      the permute moved into the weight's columns;
+    * ``"channels-last"``: the map's channels-last flattening, ``flatten(map.permute(0, 2, 3, 1))``, for
+      a Linear that stays one, its weight's columns in that order — what NHWC compilers (TOSA, TFLite)
+      hold without a transpose.
     """
 
     features: tuple[int, ...]  # (C, *S) of the map
     perm: tuple[int, ...]  # the permute between the map and the flatten (identity if none)
     folded: bool
-    kernel: bool = True
+    mode: str = "kernel"
     drops_unit_batch: bool = False
     rank = 2  # of the original value
 
@@ -218,21 +222,29 @@ class MapLayout:
 
     @property
     def conv_kernel(self) -> tuple[int, ...]:
-        return tuple(self.features[1:]) if self.kernel else (1,) * self.spatial
+        return tuple(self.features[1:]) if self.mode == "kernel" else (1,) * self.spatial
 
     @property
     def strides(self) -> tuple[int, ...]:
         """Folded, the kernel steps over the batch items laid side by side; else one position."""
-        return self.conv_kernel if self.folded and self.kernel else (1,) * self.spatial
+        return self.conv_kernel if self.folded and self.mode == "kernel" else (1,) * self.spatial
 
     @property
-    def out(self) -> PositionLayout:
-        """The layout of the convolution's output (and of the Linears after it)."""
-        return vectors(self.spatial, self.folded, self.drops_unit_batch)
+    def out(self) -> PositionLayout | None:
+        """The layout of the convolution's output (and of the Linears after it); None: no convolution."""
+        return None if self.mode == "channels-last" else vectors(self.spatial, self.folded, self.drops_unit_batch)
+
+    @property
+    def _read_order(self) -> tuple[int, ...]:
+        """The permute of the map whose flattening the form is (or holds, for the kernel method)."""
+        r = len(self.features) + 1
+        return (0, *range(2, r), 1) if self.mode == "channels-last" else tuple(range(r))
 
     def enter_steps(self) -> list[Step]:
         """From the map (N, C, *S) to the form."""
-        if not self.kernel:
+        if self.mode == "channels-last":
+            return [("permute", self._read_order), ("flatten", 1)]
+        if self.mode == "1x1":
             return [("flatten", 1), *vectors(self.spatial, self.folded).enter_steps()]
         if not self.folded:
             return []
@@ -244,7 +256,11 @@ class MapLayout:
         r = len(self.features) + 1
         steps: list[Step]
         unfold = tuple(range(r))
-        if not self.kernel:
+        if self.mode == "channels-last":
+            read = self._read_order
+            steps = [("unflatten", 1, tuple(self.features[d - 1] for d in read[1:]))]
+            unfold = inverse(read)
+        elif self.mode == "1x1":
             steps = [*vectors(self.spatial, self.folded).leave_steps(), ("unflatten", 1, self.features)]
         elif self.folded:  # (1, C, *S[:-1], N·S[-1]) -> (C, *S[:-1], N, S[-1]), then N first
             steps = [("reshape", (*self.features[:-1], -1, self.features[-1]))]
@@ -258,15 +274,19 @@ class MapLayout:
         return steps + [("squeeze", (0,))] if self.drops_unit_batch else steps
 
     def weight_steps(self, in_features: int) -> list[Step]:
-        """The Linear's (out, K) weight, K in the permuted map's order, as (out, C, *kernel)."""
+        """The Linear's (out, K) weight, K in the permuted map's order, re-laid for the form: (out, C, *kernel)
+        for a convolution, or (out, K) with K in the form's order for the channels-last flattening."""
         dims = (0, *self.features)
         order = tuple(dims[p] for p in self.perm[1:])  # the permuted map's dims, which K enumerates
-        back = (0, *(1 + self.perm[1:].index(d) for d in range(1, len(dims))))
+        read = self._read_order
+        back = tuple(self.perm.index(d) for d in read)  # from the weight's (out, *order) to the form's order
         steps: list[Step] = [("unflatten", 1, order)]
         if not _identity(back):
             steps.append(("permute", back))
-        if not self.kernel:
+        if self.mode == "1x1":
             steps.append(("reshape", (-1, in_features, *(1,) * self.spatial)))
+        elif self.mode == "channels-last":
+            steps.append(("reshape", (-1, in_features)))
         return steps
 
 

@@ -16,6 +16,7 @@ class Converted:
     kernel: tuple[int, ...]  # the convolution's kernel size
     node: str  # the graph node of the convolution that replaced it
     layout: str = ""  # a head's "folded"/"batched"; for a Linear at every position, "(N, L, C) as (N, C, 1, L)"
+    why: str = ""  # the target's reason, where it has one
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,10 @@ class Report:
     dense: bool = False
     capture: str = ""  # how the graph was obtained: symbolic_trace, torch.export, GraphModule, ExportedProgram
     capture_note: str = ""  # why symbolic_trace was not used, where torch.export was
+    target: str = "onnxruntime"  # the compiler the choices are made for (fxconv.targets)
     converted: list[Converted] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)  # what fxconv could not convert (strict=True refuses)
+    kept: list[Skipped] = field(default_factory=list)  # what the target keeps a Linear, on purpose (code "kept")
     frozen: list[Frozen] = field(default_factory=list)
     approximate: list[str] = field(default_factory=list)  # dense mode: global pools kept (approximate=True)
 
@@ -63,22 +66,25 @@ class Report:
 
     def __str__(self) -> str:
         mode = ", dense" if self.dense else ""
+        target = f"target={self.target!r}, " if self.target != "onnxruntime" else ""
+        kept = f", {len(self.kept)} kept for the target" if self.kept else ""
         lines = [
-            f"fxconv (method={self.method!r}, scope={self.scope!r}, layout={self.layout!r}{mode}): "
-            f"{len(self.converted)} Linear converted, {len(self.skipped)} left alone"
+            f"fxconv ({target}method={self.method!r}, scope={self.scope!r}, layout={self.layout!r}{mode}): "
+            f"{len(self.converted)} Linear converted{kept}, {len(self.skipped)} left alone"
         ]
         if self.capture:
             because = f" ({self.capture_note})" if self.capture_note else ""
             lines.append(f"  captured with {self.capture}{because}")
         for c in self.converted:
             kernel = "x".join(map(str, c.kernel))
-            if c.flattened_from:
-                shape = "x".join(map(str, c.flattened_from))
+            shape = "x".join(map(str, c.flattened_from))
+            if c.method == "channels-last":
+                lines.append(f"  converted  {c.name:<24} flatten of {shape} -> linear on its channels-last flattening")
+            elif c.flattened_from:
                 lines.append(f"  converted  {c.name:<24} flatten of {shape} -> conv{len(c.kernel)}d, kernel {kernel}")
             else:
                 lines.append(f"  converted  {c.name:<24} at every position, {c.layout} -> conv{len(c.kernel)}d 1x1")
-        for s in self.skipped:
-            lines.append(f"  skipped    {s.name:<24} [{s.code}] {s.reason}")
+        lines += _grouped("kept", self.kept) + _grouped("skipped", self.skipped)
         for f in self.frozen:
             lines.append(f"  frozen     {f.name:<24} {f.was} -> {f.now}")
         if self.approximate:
@@ -88,3 +94,18 @@ class Report:
             )
             lines += [f"    {name}" for name in self.approximate]
         return "\n".join(lines)
+
+
+def _grouped(verb: str, entries: list[Skipped], most: int = 3) -> list[str]:
+    """One line per entry; more than ``most`` entries with one reason become one line naming the first few."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for s in entries:
+        groups.setdefault((s.code, s.reason), []).append(s.name)
+    lines = []
+    for (code, reason), names in groups.items():
+        if len(names) <= most:
+            lines += [f"  {verb:<10} {name:<24} [{code}] {reason}" for name in names]
+        else:
+            shown = ", ".join(names[:most])
+            lines.append(f"  {verb:<10} {len(names)} Linears ({shown}, ... {names[-1]}) [{code}] {reason}")
+    return lines

@@ -57,7 +57,7 @@ def exported(model, x):
 # -- torch.export capture ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 def test_an_exported_program_converts_into_an_exported_program(method, tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
@@ -190,7 +190,7 @@ def test_a_model_that_cannot_be_copied_gets_an_fxconv_error_and_the_way_round():
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 @pytest.mark.parametrize("spelling", MATRIX_SPELLINGS)
 def test_every_matrix_spelling_is_a_linear(spelling, method, bias, capture):
     torch.manual_seed(0)
@@ -204,7 +204,7 @@ def test_every_matrix_spelling_is_a_linear(spelling, method, bias, capture):
     assert_same_outputs(module, model, x[:1])
 
 
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 @pytest.mark.parametrize("spelling", MATRIX_SPELLINGS)
 def test_matrix_spellings_export_to_convolutions(spelling, method, tmp_path):
     torch.manual_seed(0)

@@ -53,7 +53,7 @@ def test_readme_example_gives_the_known_answer():
     x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     expected = torch.tensor([[14.9, 19.0]])
     torch.testing.assert_close(model(x), expected)
-    for method in fxconv.METHODS:
+    for method in fxconv.CONV_METHODS:
         module, report = fxconv.convert(model, x, method)
         torch.testing.assert_close(module(x), expected)
         assert [c.kernel for c in report.converted] == [(2, 2) if method == "kernel" else (1, 1)]
@@ -63,7 +63,7 @@ def test_readme_example_gives_the_known_answer():
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("layout", fxconv.LAYOUTS)
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 @pytest.mark.parametrize("spelling", [*FLATTENS, "F.linear"])
 def test_every_flatten_spelling_converts(spelling, method, layout, bias, rank, dtype):
     functional = spelling == "F.linear"
@@ -84,7 +84,7 @@ def test_every_flatten_spelling_converts(spelling, method, layout, bias, rank, d
 
 
 @pytest.mark.parametrize("layout", fxconv.LAYOUTS)
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 @pytest.mark.parametrize("spelling", POOLS)
 def test_global_pooling_that_ends_2d_converts(spelling, method, layout):
     model = Head(spelling, hidden=(8, 8)).eval()
@@ -100,7 +100,7 @@ RESHAPES = {torch.flatten, "flatten", "reshape", "view", "t", "movedim"}
 
 
 @pytest.mark.parametrize("layout", fxconv.LAYOUTS)
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 @pytest.mark.parametrize("between", BETWEEN)
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_ops_between_and_after_linears_stay_in_the_convolutional_head(between, batchnorm, method, layout):
@@ -121,7 +121,7 @@ def test_ops_between_and_after_linears_stay_in_the_convolutional_head(between, b
     ("layout", "shapes"),
     [("folded", [(1, 8, 1, 3), (1, 3, 1, 3)]), ("batched", [(3, 8, 1, 1), (3, 3, 1, 1)])],
 )
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 def test_the_layout_says_where_the_batch_goes(method, layout, shapes):
     model = Head(hidden=(8,)).eval()
     module, report = fxconv.convert(model, model.example(batch=3), method, layout=layout)
@@ -277,7 +277,7 @@ def test_no_weight_is_duplicated():
 
 
 @pytest.mark.parametrize("layout", fxconv.LAYOUTS)
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 def test_the_result_trains_like_the_original(method, layout):
     model = Head(hidden=(8,), batchnorm=True).double().train()
     x = model.example(batch=4, dtype=torch.float64)
@@ -292,7 +292,7 @@ def test_the_result_trains_like_the_original(method, layout):
 
 
 @pytest.mark.parametrize("layout", fxconv.LAYOUTS)
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 def test_converting_twice_changes_nothing(method, layout):
     model = Head(hidden=(8,)).eval()
     once, _ = fxconv.convert(model, model.example(), method, layout=layout)

@@ -36,7 +36,7 @@ def graph_facts(path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 @pytest.mark.parametrize("name", STATIC)
 def test_a_static_batch_one_file_has_a_conv_only_head(name, method, tmp_path):
     torch.manual_seed(0)
@@ -70,7 +70,7 @@ def test_a_static_batch_one_file_has_a_conv_only_head(name, method, tmp_path):
     assert check.passed and check.batch_sizes == (1,), str(check)
 
 
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 @pytest.mark.parametrize("layout", fxconv.LAYOUTS)
 def test_a_static_batch_file_takes_that_batch_only(layout, method, tmp_path):
     model = Head(hidden=(8,)).eval()
@@ -183,7 +183,7 @@ class TwiceOnMaps(nn.Module):
         return self.fc(torch.flatten(self.conv(x), 1)) - self.fc(torch.flatten(self.conv(x * x), 1))
 
 
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 def test_a_linear_called_twice_keeps_one_weight_in_the_file(method, tmp_path):
     model = TwiceOnMaps().eval()
     x = torch.randn(2, 2, 4, 4)

@@ -100,20 +100,26 @@ def test_a_constant_is_laid_out_to_broadcast_against_the_form(rank, folded, data
     n=st.integers(1, 3),
     channels_last=st.booleans(),
     folded=st.booleans(),
-    kernel=st.booleans(),
+    mode=st.sampled_from(["kernel", "1x1", "channels-last"]),
 )
-def test_a_linear_on_a_flattened_map_is_a_convolution_over_its_form(features, n, channels_last, folded, kernel):
+def test_a_linear_on_a_flattened_map_is_a_convolution_over_its_form(features, n, channels_last, folded, mode):
     """``W`` over ``flatten(map.permute(perm))`` equals the convolution of the map's form with the weight
-    viewed by ``weight_steps``, and the form leaves to the flattened value."""
+    viewed by ``weight_steps`` (for ``channels-last``, the Linear on the form), and the form leaves to the
+    flattened value."""
     r = len(features) + 1
     perm = (0, *range(2, r), 1) if channels_last else tuple(range(r))
-    layout = MapLayout(features, perm, folded, kernel)
+    layout = MapLayout(features, perm, folded, mode)
     m = RNG.standard_normal((n, *features))
     flat = m.transpose(perm).reshape(n, -1)
     form = apply_to_array(m, layout.enter_steps())
     np.testing.assert_array_equal(apply_to_array(form, layout.leave_steps()), flat)
     w = RNG.standard_normal((5, math.prod(features)))
     conv_w = apply_to_array(w, layout.weight_steps(w.shape[1]))
+    if mode == "channels-last":  # no convolution: the Linear reads the map's channels-last flattening
+        assert layout.out is None and form.shape == (n, w.shape[1])
+        np.testing.assert_array_equal(form, m.transpose(0, *range(2, r), 1).reshape(n, -1))
+        np.testing.assert_allclose(form @ conv_w.T, flat @ w.T, atol=1e-12)
+        return
     got = _conv(form, conv_w, layout.strides)
     assert got.shape == apply_to_shape((n, 5), layout.out.enter_steps())  # the vector layout the head goes on in
     np.testing.assert_allclose(apply_to_array(got, layout.out.leave_steps()), flat @ w.T, atol=1e-12)

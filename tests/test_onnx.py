@@ -42,7 +42,7 @@ def assert_onnx_matches(path, model, x, *, rtol=1e-4):
     ("name", "method"),
     # One method per family, alternating: both methods cover the families in half the time (the static
     # files of tests/test_deploy.py take both methods on four of them).
-    [(name, fxconv.METHODS[i % 2]) for i, name in enumerate(FAMILIES)],
+    [(name, fxconv.CONV_METHODS[i % 2]) for i, name in enumerate(FAMILIES)],
 )
 def test_torchvision_round_trip(name, method, tmp_path):
     torch.manual_seed(0)
@@ -81,7 +81,7 @@ EDGE_CASES = {
 }
 
 
-@pytest.mark.parametrize("method", fxconv.METHODS)
+@pytest.mark.parametrize("method", fxconv.CONV_METHODS)
 @pytest.mark.parametrize("case", EDGE_CASES)
 def test_edge_case_round_trip(case, method, tmp_path):
     torch.manual_seed(0)

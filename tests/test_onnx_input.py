@@ -430,8 +430,10 @@ def test_check_onnx_takes_an_onnx_reference_and_derives_the_inputs(tmp_path):
 
 
 def test_bad_arguments_are_fxconv_errors(tmp_path):
-    with pytest.raises(fxconv.InvalidArgumentError, match="method, scope and layout"):
+    with pytest.raises(fxconv.InvalidArgumentError, match="unknown method '3x3': choose one of kernel, 1x1"):
         fxconv.convert_onnx(matmul_add_head(), "3x3")
+    with pytest.raises(fxconv.InvalidArgumentError, match="unknown target 'tpu': choose one of onnxruntime"):
+        fxconv.convert_onnx(matmul_add_head(), target="tpu")
     with pytest.raises(fxconv.InvalidArgumentError, match="not Linear"):
         fxconv.convert_onnx(nn.Linear(2, 2))
     with pytest.raises(fxconv.OnnxError, match="no ONNX file"):

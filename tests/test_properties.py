@@ -28,7 +28,7 @@ def _head(channels: int, spatial: tuple[int, ...], widths: list[int], bias: bool
     spatial=st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple),
     widths=st.lists(st.integers(1, 12), min_size=1, max_size=3),
     bias=st.booleans(),
-    method=st.sampled_from(fxconv.METHODS),
+    method=st.sampled_from(fxconv.CONV_METHODS),
     layout=st.sampled_from(fxconv.LAYOUTS),
     seed=st.integers(0, 2**16),
 )
@@ -54,7 +54,7 @@ def test_any_flattened_head_converts_and_matches(n, c, spatial, widths, bias, me
     spelling=st.lists(st.sampled_from(["gemm", "gemm-transB", "matmul", "matmul-add"]), min_size=3, max_size=3),
     channels_last=st.booleans(),
     alpha_beta=st.sampled_from([(1.0, 1.0), (0.5, 2.0)]),
-    method=st.sampled_from(fxconv.METHODS),
+    method=st.sampled_from(fxconv.CONV_METHODS),
     layout=st.sampled_from(fxconv.LAYOUTS),
     seed=st.integers(0, 2**16),
 )

@@ -44,7 +44,7 @@ ALLOWED_SKIPS = {
     # Each model with one method per capture, alternating, so that both methods and both captures cover
     # every family in half the time.
     [
-        (name, fxconv.METHODS[(i + j) % 2], capture)
+        (name, fxconv.CONV_METHODS[(i + j) % 2], capture)
         for i, name in enumerate(NAMES)
         for j, capture in enumerate(["fx", "export"])
     ],

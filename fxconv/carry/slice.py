@@ -62,5 +62,8 @@ class Slice(Rule):
     def rewrite(self, op, layout, ctx, build) -> Moved:
         form = ctx.form(op.data.value)
         for dim, start, end, step in op.params["slices"]:
-            form = build.slice(form, layout.form_dim(dim), start, _END if end is None else end, step)
+            size = (op.data.shape or ())[dim] if op.data.shape else None
+            whole = start in (None, 0) and step == 1 and (end is None or (size is not None and end >= size))
+            if not whole:  # torch.export writes x[:, 0] as a slice of all of dim 0, then a select
+                form = build.slice(form, layout.form_dim(dim), start, _END if end is None else end, step)
         return Moved(form, layout)

@@ -32,8 +32,9 @@ class Route:
     """How one Linear converts."""
 
     linear: Linear
-    out: Layout | None  # the layout of its convolution's output (None: more position dims than a conv has)
+    out: Layout | None  # the layout of its convolution's output (None: no form after it)
     head: bool  # part of a head (reported with the map it reads)
+    many: bool = False  # more position dims than a conv has: run as one row of tokens
 
 
 @dataclass
@@ -45,8 +46,9 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, view, method: str, folded: bool, scope: str, report: Report):
+    def __init__(self, view, method: str, folded: bool, scope: str, report: Report, keeps: dict | None = None):
         self.view, self.method, self.folded, self.scope, self.report = view, method, folded, scope, report
+        self.keeps = keeps  # the target's reasons for the Linears it does not rewrite, by what they read
         self.plan = Plan()
         self.planned: dict[object, Route] = {}  # a planned Linear's output -> its route
         self.sources = Sources(view, method, folded)
@@ -57,9 +59,9 @@ class Planner:
             found = self.view.linear(op)
             if found is None:
                 continue
-            route = found if isinstance(found, Skipped) else self._route(found)
+            route = found if isinstance(found, Skipped) else self._review(found, self._route(found))
             if isinstance(route, Skipped):
-                self.report.skipped.append(route)
+                (self.report.kept if route.code == "kept" else self.report.skipped).append(route)
                 continue
             self.plan.routes[self.view.producer(found.output)] = route
             self.planned[found.output] = route
@@ -87,7 +89,7 @@ class Planner:
         if layout is None:
             if view.static_sizes and None in shape[1:-1]:
                 return skip(name, "no-shape", f"the sizes of its {len(shape) - 2} position dims {shape} are not known")
-            return Route(linear, None, head=False)
+            return Route(linear, None, head=False, many=True)
         self._plan_entry(linear.input, layout)
         return Route(linear, layout, head=False)
 
@@ -108,11 +110,14 @@ class Planner:
         chain.sort(key=self.order.get)
         if root in self.planned:
             route = self.planned[root]
-            if not route.head:
-                return skip(linear.name, "not-flattened", "its input comes from a Linear at every position")
+            if not route.head or route.out is None:
+                return skip(linear.name, "not-flattened", "its input is a vector a Linear made, not a flattened map")
             layout = route.out
         else:
             source = self.plan.sources.get(root) or self.sources.source(root, chain)
+            if source is None:
+                return skip(linear.name, "kept", "its map's flattening is already channels-last (a 1x1 map, or one "
+                            "flattened NHWC): the channels-last method has nothing to change")
             layout = source.layout
         formed = dag.__contains__
         for op in chain:
@@ -135,6 +140,15 @@ class Planner:
             self.plan.sources[root] = source
         self.plan.chain.update(chain)
         return Route(linear, layout.out if isinstance(layout, MapLayout) else layout, head=True)
+
+    def _review(self, linear: Linear, route: Route | Skipped) -> Route | Skipped:
+        """What the target makes of a Linear: ``keeps`` turns what it does not rewrite into a kept entry."""
+        if self.keeps is None or (isinstance(route, Route) and route.head and route.out is None):
+            return route
+        reads = len(self.view.shape(linear.input) or ())
+        if isinstance(route, Route) or route.code in ("not-2d", "not-flattened"):
+            return skip(linear.name, "kept", self.keeps["vector" if reads == 2 else "positions"])
+        return route
 
     def _walk(self, value, shape, chain: list, dag: dict, name: str):
         """The source (or a planned head Linear's output) ``value`` is computed from by ops that carry, in

@@ -31,8 +31,12 @@ log = logging.getLogger("fxconv")
 class Rewrite:
     """Rewrites the Linears of one graph (through a front end's view and builder), recording them in a Report."""
 
-    def __init__(self, view, build, method: str, layout: str, scope: str, report: Report):
+    def __init__(self, view, build, method: str, layout: str, scope: str, report: Report, *, why: str = "",
+                 keeps: dict | None = None):
+        """``why``: the target's reason to record on each Linear converted; ``keeps``: its reason for those
+        it keeps (``fxconv.targets``)."""
         self.view, self.build, self.method, self.scope, self.report = view, build, method, scope, report
+        self.why, self.keeps = why, keeps
         self.folded = layout == "folded"
         self.forms: dict[object, Form] = {}  # a value (original or its replacement) -> its conv form
         self.now: dict[object, object] = {}  # a value the walk replaced -> what its readers read now
@@ -41,7 +45,7 @@ class Rewrite:
         self.leaves: dict[object, Form] = {}  # each way out the walk made -> the form it leaves
 
     def run(self) -> None:
-        self.plan = Planner(self.view, self.method, self.folded, self.scope, self.report).run()
+        self.plan = Planner(self.view, self.method, self.folded, self.scope, self.report, self.keeps).run()
         self.walk()
         self.build.finish()
 
@@ -99,10 +103,17 @@ class Rewrite:
 
     def _convert(self, route: Route) -> None:
         linear = route.linear
-        if route.out is None:
+        if route.many:
             return self._convert_many(route)
         form = self._form_of(linear.input)
         layout, in_features = form.layout, self.view.shape(linear.input)[-1]
+        if route.out is None:  # the channels-last flattening: the Linear stays one, its weight re-laid
+            y = self.build.linear(form.value, linear, layout.weight_steps(in_features))
+            self._substitute(linear.output, y)
+            self.report.converted.append(Converted(
+                linear.name, self.method, form.entry.origin, (), self.build.name(y), "channels-last", self.why
+            ))  # fmt: skip
+            return None
         if isinstance(layout, MapLayout):
             kernel, strides = layout.conv_kernel, layout.strides
         else:
@@ -118,7 +129,8 @@ class Rewrite:
         self._replace(linear.output, conv, route.out, head)
         described = ("folded" if self.folded else "batched") if head else route.out.shape
         method, origin = (self.method, origin) if head else ("1x1", ())
-        self.report.converted.append(Converted(linear.name, method, origin, kernel, self.build.name(conv), described))
+        converted = Converted(linear.name, method, origin, kernel, self.build.name(conv), described, self.why)
+        self.report.converted.append(converted)
         log.debug("fxconv: %s -> %s, %s", linear.name, self.build.name(conv), described)
 
     def _convert_many(self, route: Route) -> None:
@@ -132,7 +144,8 @@ class Rewrite:
         back = self.build.apply(conv, tokens.leave_steps())
         sizes = self.build.sizes(x, range(1, len(shape) - 1))
         self._substitute(linear.output, self.build.reshape(back, (KEEP, *sizes, self.view.shape(linear.output)[-1])))
-        self.report.converted.append(Converted(linear.name, "1x1", (), (1, 1), self.build.name(conv), MANY_POSITIONS))
+        name = self.build.name(conv)
+        self.report.converted.append(Converted(linear.name, "1x1", (), (1, 1), name, MANY_POSITIONS, self.why))
 
     # -- forms ---------------------------------------------------------------------------------------
 

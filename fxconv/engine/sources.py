@@ -128,25 +128,32 @@ class Sources:
         producer = self.view.producer(value)
         return self.view.read(producer) if producer is not None else None
 
-    def source(self, value, chain: list) -> Source:
-        """The Source of a value whose spec was read, its layout chosen for the method and the ops after it.
+    def source(self, value, chain: list) -> Source | None:
+        """The Source of a value whose spec was read, its layout chosen for the method and the ops after it
+        (None: the channels-last method has nothing to change).
 
         The kernel method reads the (folded) map. Every feature on the channel axis, the map folded is
         already a vector layout. The 1x1 method reads the flattening in the vector layout: the map's own
         (a channels-last permute moved into the weight), or the value itself when ops over its features
-        (a LayerNorm) sit between it and the Linear.
+        (a LayerNorm) sit between it and the Linear. The channels-last method reads the map's channels-last
+        flattening, for a Linear that stays one; a map of 1x1, or one the model flattens channels-last
+        already, has nothing to change.
         """
         spec = self.specs[value]
         spatial = len(spec.features) - 1
         identity = tuple(range(spatial + 2))
         fold = MapLayout(spec.features, identity, self.folded).enter_steps()
         vector = vectors(spatial, self.folded, spec.drops_unit_batch)
+        on_channels = spec.kind != "flatten" or all(s == 1 for s in spec.features[1:])
+        channels_last = (0, *range(2, spatial + 2), 1)
+        if self.method == "channels-last" and (on_channels or spec.perm == channels_last):
+            return None
         if spec.kind != "flatten":
             return Source(value, vector, spec.features, spec.start, tuple(fold), spec.reduce, spec.kind == "positions")
-        if all(s == 1 for s in spec.features[1:]):
+        if on_channels:
             return Source(value, vector, spec.features, spec.start, tuple(fold))
         over_features = any(self.view.read(op).rule.on_channels for op in chain)
-        if self.method == "kernel" or (spec.perm != identity and not over_features):
-            layout = MapLayout(spec.features, spec.perm, self.folded, self.method == "kernel", spec.drops_unit_batch)
+        if self.method != "1x1" or (spec.perm != identity and not over_features):
+            layout = MapLayout(spec.features, spec.perm, self.folded, self.method, spec.drops_unit_batch)
             return Source(value, layout, spec.features, spec.start, tuple(layout.enter_steps()))
         return Source(value, vector, spec.features, value, tuple(vector.enter_steps()))

@@ -153,6 +153,22 @@ class FxBuilder:
 
     def conv(self, x: Node, linear, weight_steps: list, kernel: tuple, strides: tuple) -> Node:
         """The convolution of ``x`` with the Linear's weight viewed by ``weight_steps``, and its bias."""
+        w, b = self._weight_and_bias(linear, weight_steps)
+        out = None
+        if shape_of(x) is not None:
+            batch, out_features = shape_of(x)[0], (self.view.shape(linear.output) or (None,))[-1]
+            out = (batch, out_features, *((s - k) // t + 1 for s, k, t in zip(shape_of(x)[2:], kernel, strides)))
+        stride = strides if len(set(strides)) > 1 else strides[0]
+        return self._node("call_function", CONVS[len(kernel)], (x, w, b, stride), shape=out, like=x)
+
+    def linear(self, x: Node, linear, weight_steps: list) -> Node:
+        """The Linear again, on ``x``, its weight viewed by ``weight_steps`` (the columns re-laid)."""
+        w, b = self._weight_and_bias(linear, weight_steps)
+        return self._node("call_function", F.linear, (x, w, b), shape=self.view.shape(linear.output), like=x)
+
+    def _weight_and_bias(self, linear, weight_steps: list) -> tuple[Node, Node | None]:
+        """Views of the Linear's own parameters (no copy): the weight (out, in) re-laid by ``weight_steps``
+        and scaled by alpha, the bias (out,) scaled by beta."""
         w = self._get_attr(linear.weight) if isinstance(linear.weight, str) else linear.weight
         if linear.transposed:
             w = self._method("t", w)
@@ -164,12 +180,7 @@ class FxBuilder:
             b = self._method("reshape", b, (-1,))
         if b is not None and linear.beta != 1:
             b = self.binary("mul", b, linear.beta)
-        out = None
-        if shape_of(x) is not None:
-            batch, out_features = shape_of(x)[0], (self.view.shape(linear.output) or (None,))[-1]
-            out = (batch, out_features, *((s - k) // t + 1 for s, k, t in zip(shape_of(x)[2:], kernel, strides)))
-        stride = strides if len(set(strides)) > 1 else strides[0]
-        return self._node("call_function", CONVS[len(kernel)], (x, w, b, stride), shape=out, like=x)
+        return w, b
 
     def replace(self, old: Node, new: Node) -> None:
         """Erase ``old`` for ``new``, a node computing the same tensor (which takes its recorded shape)."""

@@ -21,15 +21,16 @@ moves of size-1 axes become Reshapes and collapse (``fxconv._tidy``). This modul
 from __future__ import annotations
 
 import os
+import warnings
 
 import onnx
 import onnx_ir as ir
 
 from .. import _tidy
 from ..engine.rewrite import Rewrite
-from ..errors import InvalidArgumentError, NotConvertibleError
-from ..options import LAYOUTS, METHODS, SCOPES
+from ..errors import FxconvWarning, InvalidArgumentError, NotConvertibleError
 from ..report import Report
+from ..targets import resolve
 from .emit import OnnxBuilder
 from .read import OnnxView, inferred_shapes
 
@@ -38,10 +39,11 @@ __all__ = ["convert_onnx"]
 
 def convert_onnx(
     model: str | os.PathLike | onnx.ModelProto,
-    method: str = "kernel",
+    method: str | None = None,
     *,
-    scope: str = "heads",
-    layout: str = "folded",
+    scope: str | None = None,
+    layout: str | None = None,
+    target: str = "onnxruntime",
     strict: bool = False,
 ) -> tuple[onnx.ModelProto, Report]:
     """Rewrite the Linears (Gemm, MatMul) of an ONNX model that read a flattened map as convolutions.
@@ -52,11 +54,10 @@ def convert_onnx(
     and with ``strict=True`` a skipped one raises :class:`NotConvertibleError`. The result is not
     checked here: ``check_onnx(path, original, None)`` runs both files on inputs of the declared shapes.
     """
-    if method not in METHODS or scope not in SCOPES or layout not in LAYOUTS:
-        raise InvalidArgumentError(
-            f"method, scope and layout must be one of {METHODS}, {SCOPES} and {LAYOUTS}; "
-            f"got {method!r}, {scope!r}, {layout!r}"
-        )
+    profile, chosen, slower = resolve(target, method, scope, layout)
+    method, scope, layout = chosen["method"], chosen["scope"], chosen["layout"]
+    for warning in slower:
+        warnings.warn(warning, FxconvWarning, stacklevel=2)
     if isinstance(model, (str, os.PathLike)):
         from ..check import load_onnx
 
@@ -70,9 +71,10 @@ def convert_onnx(
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)  # the IR keeps the proto's tensors, and renaming a value renames its tensor
     graph_model = ir.from_proto(copy)
-    report = Report(method=method, scope=scope, layout=layout, capture="ONNX")
+    report = Report(method, scope, layout, capture="ONNX", target=target)
     view = OnnxView(graph_model, inferred_shapes(proto))
-    Rewrite(view, OnnxBuilder(graph_model, view), method, layout, scope, report).run()
+    builder = OnnxBuilder(graph_model, view)
+    Rewrite(view, builder, method, layout, scope, report, why=profile.why, keeps=chosen["keeps"]).run()
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     if report.converted and all(v.shape is not None and v.shape.is_static() for v in graph_model.graph.inputs):

@@ -167,6 +167,11 @@ class OnnxBuilder:
         inputs = [x, self._weight(linear, weight_steps)] + ([self._bias(linear)] if linear.bias is not None else [])
         return self._add("Conv", inputs, {"kernel_shape": list(kernel), "strides": list(strides)}, linear.op)[0]
 
+    def linear(self, x: ir.Value, linear, weight_steps: list) -> ir.Value:
+        """The Linear again, as a Gemm on ``x``, its weight (out, in) re-laid by ``weight_steps``."""
+        inputs = [x, self._weight(linear, weight_steps)] + ([self._bias(linear)] if linear.bias is not None else [])
+        return self._add("Gemm", inputs, {"transB": 1}, linear.op)[0]
+
     def _weight(self, linear, steps: list) -> ir.Value:
         """The Conv weight, read through a DequantizeLinear as the Linear's was; one per stored weight and layout."""
         w = linear.weight

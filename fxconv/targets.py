@@ -1,0 +1,99 @@
+"""Targets: the choices that make fxconv's output right for the compiler a user ships with, each measured there.
+
+A target is a profile of choices fxconv already has — which Linears to convert, the method, the layout,
+the scope — plus the ops it writes for that compiler. ``convert(..., target=...)``, ``convert_onnx``
+and the CLI's ``--target`` take one; explicit ``method``/``scope``/``layout`` arguments override its
+defaults, and a combination the target's compiler is measured to be slower with is warned about. The
+figures behind each choice: ``python benchmarks/bench.py --only targets`` (README, "Targets").
+
+* ``onnxruntime`` (the default): heads as convolutions over the folded map (one GEMM for the batch in
+  onnxruntime's CPU kernels), Linears at every position with ``scope="all"``.
+* ``ethos-u`` (Arm Ethos-U through ExecuTorch's TOSA flow and Vela 5.2): Vela runs a 1x1 convolution as
+  the fully connected op it was, so converting a Linear saves nothing there — except before a head that
+  flattens an NCHW map, where the NHWC flow puts two Transposes: the head reads the map's *channels-last*
+  flattening instead (the weight's columns permuted), and the Transposes go (CIFAR CNN: −0.8 % cycles on
+  U55-128, −0.8 % on U85-256). The kernel method saves them too but costs more on U85 for large heads
+  (VGG-size: +0.2 %); Linears at every position as 1x1 convolutions cost up to 21x (U85, a token MLP).
+  So every other Linear stays a Linear, and the report says why.
+* ``coreml`` (Core ML's converter, for the Apple Neural Engine): Apple's guidance — every Linear a 1x1
+  convolution in (B, C, 1, S), the ops between kept in that layout (LayerNorm and RMSNorm over the
+  channels, which coremltools fuses back into one ``layer_norm``), batch first (``layout="batched"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import InvalidArgumentError
+from .options import LAYOUTS, METHODS, SCOPES
+from .options import TARGETS as OPTIONS_TARGETS
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    scope: str
+    method: str
+    layout: str
+    why: str  # recorded on each Linear it converts
+    keeps: dict[str, str] | None = None  # why it keeps a Linear, by what it reads: "vector", "positions"
+    slower: dict[tuple[str, str], str] = field(default_factory=dict)  # (option, value) -> what was measured
+
+
+TARGETS: dict[str, Target] = {
+    "onnxruntime": Target(
+        "onnxruntime", "heads", "kernel", "folded",
+        why="",
+        slower={("layout", "batched"): "onnxruntime runs a convolution as one GEMM per image: the batched layout "
+                "measured 2.6x the Gemm at batch 8 and 4.3x at 32 (VGG16 head)"},
+    ),
+    "ethos-u": Target(
+        "ethos-u", "heads", "channels-last", "batched",
+        why="Ethos-U: the head reads its map's channels-last flattening, so the NHWC flow needs no Transposes "
+            "before it (measured: −0.8 % cycles, CIFAR CNN, U55-128 and U85-256)",
+        keeps={
+            "vector": "Ethos-U: Vela runs the 1x1 convolution of a vector as the fully connected op it was (the "
+                      "same cycles, measured): kept",
+            "positions": "Ethos-U: a Linear at every position as a 1x1 convolution measured 1.04x the cycles on "
+                         "U55-128 and 21x on U85-256 (a token MLP block): kept",
+        },
+        slower={
+            ("scope", "all"): "on Ethos-U every Linear as a 1x1 convolution measured 1.04x the cycles (U55-128) "
+                              "and 21x (U85-256) for a token MLP block",
+            ("method", "kernel"): "on Ethos-U85 the kernel method measured +0.2 % cycles for a VGG-size head "
+                                  "(channels-last: −1.3 %)",
+        },
+    ),
+    "coreml": Target(
+        "coreml", "all", "kernel", "batched",
+        why="Core ML: a 1x1 convolution in (B, C, 1, S), Apple's layout for the Neural Engine",
+        slower={("scope", "heads"): "Apple's Neural Engine guidance runs every Linear as a 1x1 convolution in "
+                                    "(B, C, 1, S); with scope='heads' the per-position Linears stay"},
+    ),
+}
+assert tuple(TARGETS) == OPTIONS_TARGETS  # options.TARGETS names them without importing this module
+
+
+def resolve(target: str, method: str | None, scope: str | None, layout: str | None, dense: bool = False):
+    """The target and the choices to use — the target's defaults where none is given (dense mode is
+    always batched); ``keeps`` dropped when the user chose the method or scope — and what to warn of.
+
+    Returns ``(profile, chosen, warnings)``, ``chosen`` a dict of method, scope, layout and keeps.
+    """
+    if target not in TARGETS:
+        raise InvalidArgumentError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
+    profile = TARGETS[target]
+    given = {"method": method, "scope": scope, "layout": layout}
+    chosen = {option: given[option] or getattr(profile, option) for option in given}
+    if dense and layout is None:
+        chosen["layout"] = "batched"
+    for option, values in (("method", METHODS), ("scope", SCOPES), ("layout", LAYOUTS)):
+        if chosen[option] not in values:
+            raise InvalidArgumentError(f"unknown {option} {chosen[option]!r}: choose one of {', '.join(values)}")
+    chosen["keeps"] = profile.keeps if method is None and scope is None else None
+    warnings = [
+        f"{option}={chosen[option]!r} with target={target!r}: {why}"
+        for (option, value), why in profile.slower.items()
+        if chosen[option] == value and given[option] is not None
+    ]
+    return profile, chosen, warnings
