@@ -57,7 +57,9 @@ def ethos_u(model: nn.Module, example_inputs, device: str = "ethos-u55-128", cal
         from executorch.exir import to_edge_transform_and_lower
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as e:
-        raise InvalidArgumentError(f"the Ethos-U flow needs ExecuTorch and Vela: pip install 'fxconv[ethos-u]' ({e})") from e
+        raise InvalidArgumentError(
+            f"the Ethos-U flow needs ExecuTorch and Vela: pip install 'fxconv[ethos-u]' ({e})"
+        ) from e
     inputs = as_tuple(example_inputs)
     if isinstance(model, torch.export.ExportedProgram):
         model = model.module()
@@ -73,7 +75,8 @@ def ethos_u(model: nn.Module, example_inputs, device: str = "ethos-u55-128", cal
         for _ in range(calibration):
             prepared(*(torch.randn(t.shape, generator=generator) if t.is_floating_point() else t for t in inputs))
         quantized = convert_pt2e(prepared)
-        lowered = to_edge_transform_and_lower(torch.export.export(quantized, inputs), partitioner=[EthosUPartitioner(spec)])
+        program = torch.export.export(quantized, inputs)
+        lowered = to_edge_transform_and_lower(program, partitioner=[EthosUPartitioner(spec)])
         summaries = glob.glob(f"{folder}/**/out_summary_*.csv", recursive=True)
         cycles = sum(int(float(next(csv.DictReader(open(path)))["cycles_total"])) for path in summaries)
     graph = lowered.exported_program().graph_module.graph
@@ -121,7 +124,8 @@ def _quiet():
     level = logging.root.level
     logging.root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+        with warnings.catch_warnings(), quiet[0], quiet[1]:
             warnings.simplefilter("ignore")
             yield
     finally:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import fxconv
+
 from conftest import assert_same_outputs
 from test_scope import Mlp
 
