@@ -472,7 +472,8 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="whole models at batch 32, heads at 128, more rounds")
     parser.add_argument("--tiny", action="store_true", help="small stand-in models: proves the script runs")
     parser.add_argument(
-        "--only", choices=("models", "scope", "onnx", "dense", "memory"), help="run one part (writes bench-PART.json)"
+        "--only", choices=("models", "scope", "onnx", "dense", "memory", "targets"),
+        help="run one part (writes bench-PART.json; targets: the NPU compilers, benchmarks/targets.py)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replot", type=Path, metavar="BENCH.json", help="redraw the plot of a finished run beside it")
@@ -486,6 +487,12 @@ def main(argv=None) -> int:
         return 0
     if args.out.resolve() == PUBLISHED and not args.full:
         parser.error("only --full replaces the published figures in benchmarks/results")
+    if args.only == "targets":  # deterministic compiler figures, no timing: benchmarks/targets.py
+        import targets
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        targets.run(args.out, args.tiny)
+        return 0
     batches = (1,) if args.tiny else (1, 8, 32)
     rounds = 3 if args.tiny else 9 if args.full else 5
     args.out.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from torch.export import ExportedProgram
 from ._util import as_tuple
 from .capture import capture as capture_graph  # the name ``capture`` is convert's keyword
 from .capture import export_again
+from .carry import ATTENTION, CARRIED
 from .codes import skip
 from .engine.rewrite import Rewrite
 from .errors import FxconvWarning, InvalidArgumentError, NotConvertibleError
@@ -127,9 +128,9 @@ def convert(
         skip(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
         for name, where in captured.hidden
     ]
-    view = FxView(captured.gm)
+    view = FxView(captured.gm, ATTENTION if profile.attention else CARRIED)
     rewrite = Rewrite(view, FxBuilder(captured.gm, view), method, layout, scope, report, why=profile.why,
-                      keeps=chosen["keeps"])
+                      keeps=chosen["keeps"], carries=profile.carries)
     rewrite.run()
     if dense:
         make_dense(rewrite, inputs, approximate)

@@ -25,6 +25,7 @@ source line (outside torch) where each tracer stopped, read from the exception's
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import sysconfig
 import traceback
@@ -95,7 +96,7 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
     note, traced = "", None
     if how != "export":
         try:
-            gm = _symbolic_trace(model)
+            gm = _symbolic_trace(model, len(inputs))
             outputs = record_shapes(gm, inputs)
             traced = Captured(gm, "symbolic_trace", hidden=hidden_linears(gm, model))
             if not _same(outputs, _run(model, inputs)):
@@ -161,14 +162,19 @@ def _library(function) -> str:
     return (getattr(function, "__module__", None) or "torch").split(".")[0]
 
 
-def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace``, with each module's train/eval flag kept; a TraceError says where it stopped."""
+def _symbolic_trace(model: nn.Module, given: int) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace``, with each module's train/eval flag kept; a TraceError says where it stopped.
+
+    The arguments the example leaves to their defaults (``attn_mask=None``, ``return_dict=False``) are traced
+    at those values, as torch.export does: the graph is the model as it was called — branches on them
+    resolved — and fx asserts at run time that they keep those values.
+    """
     if "forward" in vars(model):
         raise TraceError(f"{type(model).__name__} has a forward set on the instance, which symbolic_trace ignores")
     tracer = fx.Tracer()
     tracer.record_stack_traces = True  # so that messages can name the source line of a node
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_defaults_after(model, given) or None)
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as e:
         raise TraceError(f"symbolic_trace failed{_where(e, model)}: {first_line(e)}") from e
@@ -178,6 +184,19 @@ def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
     for name, m in gm.named_modules():
         m.training = flags.get(name, model.training)
     return gm
+
+
+def _defaults_after(model: nn.Module, given: int) -> dict:
+    """The forward's parameters after the first ``given`` whose defaults are plain values (None, flags, numbers)."""
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters[:given]):
+        return {}
+    plain = (type(None), bool, int, float, str)
+    return {p.name: p.default for p in parameters[given:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and isinstance(p.default, plain)}  # fmt: skip
 
 
 def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ExportedProgram:

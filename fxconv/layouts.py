@@ -290,4 +290,36 @@ class MapLayout:
         return steps
 
 
-Layout = PositionLayout | MapLayout
+@dataclass(frozen=True)
+class SplitLayout:
+    """Tokens (N, L, C) whose channels the model split into factors — q/k/v, heads, a head's dims — with the
+    value's dims in any order: ``qkv.reshape(N, L, 3, H, D).permute(2, 0, 3, 1, 4)``. The form stays the
+    tokens form (N, C, 1, L), C the factors row-major, so splitting, permuting and merging them back cost
+    nothing; attention then runs per head on slices of the channels (``fxconv.carry.attention``).
+    """
+
+    order: tuple  # each dim of the value: "N", "L", or the index of its channel factor (0 the outermost)
+    factors: tuple[int, ...]
+    shape = "(N, L, C) split into heads, as (N, C, 1, L)"
+
+    @property
+    def rank(self) -> int:
+        return len(self.order)
+
+    @property
+    def canonical(self) -> tuple:
+        return ("N", "L", *range(len(self.factors)))
+
+    def permuted(self, order: tuple[int, ...]) -> SplitLayout:
+        """The layout of ``value.permute(order)``: the same form, the dims relabelled."""
+        return SplitLayout(tuple(self.order[d] for d in order), self.factors)
+
+    def leave_steps(self) -> list[Step]:
+        """(N, C, 1, L) -> (N, *factors, L) -> the value's order."""
+        held = ("N", *range(len(self.factors)), "L")
+        perm = tuple(held.index(d) for d in self.order)
+        steps: list[Step] = [("squeeze", (2,)), ("unflatten", 1, self.factors)]
+        return steps if _identity(perm) else [*steps, ("permute", perm)]
+
+
+Layout = PositionLayout | MapLayout | SplitLayout

@@ -8,13 +8,15 @@ figures behind each choice: ``python benchmarks/bench.py --only targets`` (READM
 
 * ``onnxruntime`` (the default): heads as convolutions over the folded map (one GEMM for the batch in
   onnxruntime's CPU kernels), Linears at every position with ``scope="all"``.
-* ``ethos-u`` (Arm Ethos-U through ExecuTorch's TOSA flow and Vela 5.2): Vela runs a 1x1 convolution as
-  the fully connected op it was, so converting a Linear saves nothing there — except before a head that
-  flattens an NCHW map, where the NHWC flow puts two Transposes: the head reads the map's *channels-last*
-  flattening instead (the weight's columns permuted), and the Transposes go (CIFAR CNN: −0.8 % cycles on
-  U55-128, −0.8 % on U85-256). The kernel method saves them too but costs more on U85 for large heads
-  (VGG-size: +0.2 %); Linears at every position as 1x1 convolutions cost up to 21x (U85, a token MLP).
-  So every other Linear stays a Linear, and the report says why.
+* ``ethos-u`` (Arm Ethos-U through ExecuTorch's TOSA flow and Vela 5.2): a head that flattens an NCHW map
+  reads the map's *channels-last* flattening instead (the Linear stays one, its weight's columns permuted),
+  so the NHWC flow needs no Transposes before it (CIFAR CNN: −0.8 % cycles on U55-128 and U85-256; the
+  kernel method saves them too but costs more on U85 for a VGG-size head, +0.2 %). Each Linear at every
+  position becomes its own 1x1 convolution, in and out of (N, C, 1, L) around it alone — in TOSA's NHWC
+  that is the tokens' own memory — with nothing else moved into the layout: a token MLP block measured
+  −13 % cycles on U55-128 and −28 % on U85-256, BERT-tiny −2 % and −5 %, a 2-layer Llama −2 % and −3 %,
+  a ViT the same; carrying the layout through the block's residual add instead measured 21x on U85-256.
+  A Linear on a vector (a pooled head, a head's later Linears) costs the same cycles either way: kept.
 * ``coreml`` (Core ML's converter, for the Apple Neural Engine): Apple's guidance — every Linear a 1x1
   convolution in (B, C, 1, S), the ops between kept in that layout (LayerNorm and RMSNorm over the
   channels, which coremltools fuses back into one ``layer_norm``), batch first (``layout="batched"``).
@@ -35,38 +37,44 @@ class Target:
     scope: str
     method: str
     layout: str
-    why: str  # recorded on each Linear it converts
+    why: dict[str, str]  # recorded on each Linear it converts, by what it reads: "head", "positions"
     keeps: dict[str, str] | None = None  # why it keeps a Linear, by what it reads: "vector", "positions"
+    attention: bool = False  # attention carried in the layout, split per head (fxconv.carry.ATTENTION)
+    carries: bool = True  # False: each Linear at every position changes layout on its own, nothing else moves
     slower: dict[tuple[str, str], str] = field(default_factory=dict)  # (option, value) -> what was measured
 
 
 TARGETS: dict[str, Target] = {
     "onnxruntime": Target(
         "onnxruntime", "heads", "kernel", "folded",
-        why="",
+        why={"head": "", "positions": ""},
         slower={("layout", "batched"): "onnxruntime runs a convolution as one GEMM per image: the batched layout "
                 "measured 2.6x the Gemm at batch 8 and 4.3x at 32 (VGG16 head)"},
     ),
     "ethos-u": Target(
-        "ethos-u", "heads", "channels-last", "batched",
-        why="Ethos-U: the head reads its map's channels-last flattening, so the NHWC flow needs no Transposes "
-            "before it (measured: −0.8 % cycles, CIFAR CNN, U55-128 and U85-256)",
+        "ethos-u", "all", "channels-last", "batched",
+        why={
+            "head": "Ethos-U: the head reads its map's channels-last flattening, so the NHWC flow needs no "
+                    "Transposes before it (measured: −0.8 % cycles, CIFAR CNN, U55-128 and U85-256)",
+            "positions": "Ethos-U: each Linear at every position as its own 1x1 convolution (measured: −13 % "
+                         "cycles on U55-128, −28 % on U85-256 for a token MLP block; carrying the layout through "
+                         "its residual add measured 21x on U85-256)",
+        },
         keeps={
             "vector": "Ethos-U: Vela runs the 1x1 convolution of a vector as the fully connected op it was (the "
                       "same cycles, measured): kept",
-            "positions": "Ethos-U: a Linear at every position as a 1x1 convolution measured 1.04x the cycles on "
-                         "U55-128 and 21x on U85-256 (a token MLP block): kept",
         },
+        carries=False,
         slower={
-            ("scope", "all"): "on Ethos-U every Linear as a 1x1 convolution measured 1.04x the cycles (U55-128) "
-                              "and 21x (U85-256) for a token MLP block",
             ("method", "kernel"): "on Ethos-U85 the kernel method measured +0.2 % cycles for a VGG-size head "
                                   "(channels-last: −1.3 %)",
         },
     ),
     "coreml": Target(
         "coreml", "all", "kernel", "batched",
-        why="Core ML: a 1x1 convolution in (B, C, 1, S), Apple's layout for the Neural Engine",
+        why=dict.fromkeys(("head", "positions"), "Core ML: a 1x1 convolution in (B, C, 1, S), Apple's layout for "
+                          "the Neural Engine"),
+        attention=True,
         slower={("scope", "heads"): "Apple's Neural Engine guidance runs every Linear as a 1x1 convolution in "
                                     "(B, C, 1, S); with scope='heads' the per-position Linears stay"},
     ),

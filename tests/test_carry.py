@@ -18,9 +18,9 @@ from torch import nn
 
 import fxconv
 from fxconv.capture import capture
-from fxconv.carry import CARRIED, LEVELS
+from fxconv.carry import ATTENTION, CARRIED, LEVELS
 from fxconv.check import load_onnx, op_census
-from fxconv.fx.read import _INDEX, _resolve
+from fxconv.fx.read import _resolve, _rule_index
 
 from conftest import assert_same_outputs
 from test_scope import layout_changes
@@ -65,7 +65,10 @@ FAMILIES = {
 ELSEWHERE = {  # rules whose tests need more than two Linears
     "permute": "test_scope.py: ConvNeXt blocks, whose permutes cancel",
     "quantize-dequantize": "test_onnx_input.py: QDQ files (ONNX only)",
+    "attention": "below, and test_targets.py (Core ML's MIL programs)",
+    "select": "below", "cat": "below",
 }
+RULES = (*CARRIED, *(rule for rule in ATTENTION if rule.name not in {r.name for r in CARRIED}))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -90,19 +93,20 @@ def test_each_family_is_carried_alike_at_every_level(family, tmp_path):
 
 
 def test_the_families_cover_every_rule():
-    assert {rule for rule, *_ in FAMILIES.values()} | set(ELSEWHERE) == {rule.name for rule in CARRIED}
+    assert {rule for rule, *_ in FAMILIES.values()} | set(ELSEWHERE) == {rule.name for rule in RULES}
 
 
-@pytest.mark.parametrize("rule", CARRIED, ids=lambda r: r.name)
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
 def test_every_rule_names_its_ops_at_each_level_or_says_why_not(rule):
     for level in LEVELS:
         names = getattr(rule, level)
         assert bool(names) != (level in rule.not_at), f"{rule.name} at the {level} level: names, or a reason"
     assert all(hasattr(torch.ops.aten, name) for name in rule.aten)
     assert all(onnx.defs.has(name) for name in rule.onnx)
+    index = _rule_index(CARRIED if rule in CARRIED else ATTENTION)
     for name in rule.torch:  # every torch-level spelling exists on this torch, and reaches the rule
         found = _resolve(name, "torch")
-        assert found is not None and rule in _INDEX[found], name
+        assert found is not None and rule in index[found], name
         assert not name.startswith(".") or hasattr(torch.Tensor, name[1:]), f"no Tensor method {name}"
 
 
@@ -112,3 +116,61 @@ def test_a_norm_written_as_rsqrt_stays_rsqrt_in_the_pytorch_graph():
     module, _ = fxconv.convert(model, torch.randn(*TOKENS), scope="all", capture="fx", strict=True)
     called = {getattr(n.target, "__name__", n.target) for n in module.graph.nodes}
     assert "rsqrt" in called and not {"sqrt", "reciprocal", "truediv"} & called
+
+
+# -- attention in the layout (Core ML's target): split heads, select, cat, split-einsum attention --------
+
+
+class Attention(nn.Module):
+    """A class token, attention over the tokens, a class-token head: q/k/v packed (timm) or apart (Hugging
+    Face, with grouped key/value heads and a boolean mask)."""
+
+    def __init__(self, packed: bool, heads=4, kv_heads=4):
+        super().__init__()
+        self.packed, self.heads, self.kv_heads, self.dim = packed, heads, kv_heads, C // heads
+        self.cls = nn.Parameter(torch.randn(1, 1, C))
+        self.qkv = nn.Linear(C, 3 * C)
+        self.q, self.kv = nn.Linear(C, C), nn.Linear(C, 2 * kv_heads * self.dim)
+        self.proj, self.head = nn.Linear(C, C), nn.Linear(C, 3)
+
+    def forward(self, x, mask=None):
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        n, length, _ = x.shape
+        if self.packed:
+            q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4).unbind(0)
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:
+            q = self.q(x).view(n, length, self.heads, self.dim).transpose(1, 2)
+            k, v = self.kv(x).view(n, length, 2, self.kv_heads, self.dim).unbind(2)
+            o = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                               enable_gqa=self.kv_heads != self.heads)  # fmt: skip
+        x = x + self.proj(o.transpose(1, 2).reshape(n, length, C))
+        return self.head(x[:, 0])
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize(("packed", "kv_heads"), [(True, 4), (False, 4), (False, 2)], ids=["packed", "apart", "gqa"])
+def test_attention_runs_split_per_head_in_the_layout_for_core_ml(packed, kv_heads, capture):
+    torch.manual_seed(0)
+    model = Attention(packed, kv_heads=kv_heads).eval()
+    x = torch.randn(2, 5, C)
+    mask = torch.rand(2, 1, 6, 6) > 0.3
+    mask[..., 0] = True  # every query sees a key
+    module, report = fxconv.convert(model, (x, mask), target="coreml", capture=capture, strict=True)
+    gm = module.module() if isinstance(module, torch.export.ExportedProgram) else module
+    einsums = [n for n in gm.graph.nodes if getattr(n.target, "__name__", "") == "einsum"]
+    assert len(einsums) == 2 * 4  # two per head: the scores and the weighted values
+    assert not any("scaled_dot_product_attention" in str(n.target) for n in gm.graph.nodes)
+    # In: the tokens (and the class token's constant); out: nothing — the head reads token 0 of the form.
+    assert layout_changes(module) <= 3
+    assert_same_outputs(module, model, x, mask)
+    assert_same_outputs(module, model, torch.randn(3, 5, C), torch.rand(3, 1, 6, 6) > -1)
+
+
+def test_without_the_core_ml_target_attention_keeps_the_models_own_permutes():
+    """Measured slower in onnxruntime (one permute moving the innermost dim runs in its slow generic kernel):
+    the default target leaves attention as the model wrote it."""
+    model, x = Attention(packed=True).eval(), torch.randn(2, 5, C)
+    module, _ = fxconv.convert(model, x, scope="all", capture="fx", strict=True)
+    assert any("scaled_dot_product_attention" in getattr(n.target, "__name__", "") for n in module.graph.nodes)
+    assert_same_outputs(module, model, x)

@@ -127,6 +127,8 @@ def over_channels(layout: Layout, dims) -> bool:
     return isinstance(layout, PositionLayout) and sorted(d % layout.rank for d in dims) == [layout.rank - 1]
 
 
+from .attention import Attention  # noqa: E402
+from .cat import Cat  # noqa: E402
 from .elementwise import Elementwise  # noqa: E402  (the rules import the helpers above)
 from .layer_norm import LayerNorm  # noqa: E402
 from .over_dims import OverDims  # noqa: E402
@@ -135,6 +137,7 @@ from .permute import Permute  # noqa: E402
 from .qdq import QuantDequant  # noqa: E402
 from .regroup import Regroup  # noqa: E402
 from .rms_norm import RmsNorm  # noqa: E402
+from .select import Select  # noqa: E402
 from .sizes import Sizes  # noqa: E402
 from .slice import Slice  # noqa: E402
 
@@ -144,4 +147,13 @@ CARRIED: tuple[Rule, ...] = (
     Elementwise(),
 )
 
-__all__ = ["CARRIED", "LEVELS", "Input", "MapLayout", "Moved", "Op", "Replaced", "Rule"]
+# Attention in the layout, as Core ML's Neural Engine wants it: reshapes that split tokens' channels into
+# heads, selects of q/k/v and of a class token, concatenations, and the split-einsum attention itself.
+# Measured slower in onnxruntime (one permute moving the innermost dim runs in its slow generic kernel),
+# so only the targets that ask for it carry them (fxconv.targets).
+ATTENTION: tuple[Rule, ...] = (
+    *(Regroup(split_heads=True) if isinstance(rule, Regroup) else rule for rule in CARRIED),
+    Select(), Cat(), Attention(),
+)
+
+__all__ = ["ATTENTION", "CARRIED", "LEVELS", "Input", "MapLayout", "Moved", "Op", "Replaced", "Rule"]

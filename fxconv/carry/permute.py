@@ -17,8 +17,8 @@ read the form, which saves the way out.
 
 from __future__ import annotations
 
-from ..layouts import Layout, PositionLayout, layout_for
-from . import Replaced, Rule
+from ..layouts import Layout, PositionLayout, SplitLayout, layout_for
+from . import Moved, Replaced, Rule
 
 
 class Permute(Rule):
@@ -41,7 +41,7 @@ class Permute(Rule):
         return {"perm": perm} if len(perm) == rank else None
 
     def check(self, op, layout, formed) -> str | None:
-        if not isinstance(layout, PositionLayout) or not formed(op.data.value):
+        if not isinstance(layout, PositionLayout | SplitLayout) or not formed(op.data.value):
             return "it permutes a flattened map"
         return None
 
@@ -50,7 +50,9 @@ class Permute(Rule):
         layout = layout_for(len(op.shape or ()), folded)
         return layout if layout is not None and layout.cancels(op.params["perm"]) else None
 
-    def rewrite(self, op, layout, ctx, build) -> Replaced:
+    def rewrite(self, op, layout, ctx, build) -> Moved | Replaced:
+        if isinstance(layout, SplitLayout):  # heads moved among the dims: the same form, relabelled
+            return Moved(ctx.form(op.data.value), layout.permuted(op.params["perm"]))
         return Replaced(build.apply(ctx.form(op.data.value), layout.permuted_steps(op.params["perm"])))
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from ..layouts import KEEP, PositionLayout, layout_for
+from ..layouts import KEEP, PositionLayout, SplitLayout, layout_for
 from . import Moved, Rule
 
 
@@ -29,6 +29,9 @@ class Regroup(Rule):
              ".flatten", ".view", ".reshape", ".squeeze", ".unsqueeze", ".unflatten")  # fmt: skip
     aten = ("flatten", "view", "reshape", "_unsafe_view", "squeeze", "unsqueeze", "unflatten")
     onnx = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+    def __init__(self, split_heads: bool = False):
+        self.split_heads = split_heads  # also split tokens' channels into heads, and merge them back (Core ML)
 
     def read_fx(self, node, ctx) -> dict | None:
         name = ctx.op_name
@@ -47,12 +50,16 @@ class Regroup(Rule):
             return None  # nothing changes: the form stays
         if op.params["squeezes_all"]:
             return "squeeze() also drops a batch of one"
+        if self.split_heads and _heads(op, layout) is not None:
+            return None
         return None if positions(op, layout) is not None else "it does not only regroup the positions"
 
     def rewrite(self, op, layout, ctx, build) -> Moved:
         form = ctx.form(op.data.value)
         if unchanged(op):
             return Moved(form, layout)
+        if self.split_heads and (heads := _heads(op, layout)) is not None:
+            return Moved(form, heads)  # the channels split into heads, or merged back: the same form
         target = layout_for(len(op.shape), folded=False)  # ranks 3 to 5: one layout each
         return Moved(build.reshape(form, target.form_shape((KEEP, *positions(op, layout), op.shape[-1]))), target)
 
@@ -78,3 +85,17 @@ def positions(op, layout) -> tuple | None:
     if len(after) == 3:
         return (-1,)
     return tuple(after[1:-1]) if None not in after[1:-1] else None
+
+
+def _heads(op, layout):
+    """The layout of a reshape that splits tokens' channels into factors ((N, L, C) -> (N, L, 3, H, D)), or
+    merges split ones back ((N, L, H, D) -> (N, L, C)); None if it is neither."""
+    before, after = op.data.shape, op.shape
+    if before is None or after is None or before[:2] != after[:2] or None in after[2:]:
+        return None
+    tokens = layout_for(3, folded=False)
+    if layout == tokens and len(after) > 3 and math.prod(after[2:]) == before[2]:
+        return SplitLayout(("N", "L", *range(len(after) - 2)), tuple(after[2:]))
+    if isinstance(layout, SplitLayout) and layout.order == layout.canonical and len(after) == 3:
+        return tokens
+    return None

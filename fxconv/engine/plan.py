@@ -46,9 +46,11 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, view, method: str, folded: bool, scope: str, report: Report, keeps: dict | None = None):
+    def __init__(self, view, method: str, folded: bool, scope: str, report: Report, keeps: dict | None = None,
+                 carries: bool = True):
         self.view, self.method, self.folded, self.scope, self.report = view, method, folded, scope, report
         self.keeps = keeps  # the target's reasons for the Linears it does not rewrite, by what they read
+        self.carries = carries  # False: a Linear at each position enters its own input, not where its ops start
         self.plan = Plan()
         self.planned: dict[object, Route] = {}  # a planned Linear's output -> its route
         self.sources = Sources(view, method, folded)
@@ -145,9 +147,9 @@ class Planner:
         """What the target makes of a Linear: ``keeps`` turns what it does not rewrite into a kept entry."""
         if self.keeps is None or (isinstance(route, Route) and route.head and route.out is None):
             return route
-        reads = len(self.view.shape(linear.input) or ())
-        if isinstance(route, Route) or route.code in ("not-2d", "not-flattened"):
-            return skip(linear.name, "kept", self.keeps["vector" if reads == 2 else "positions"])
+        kind = "vector" if len(self.view.shape(linear.input) or ()) == 2 else "positions"
+        if kind in self.keeps and (isinstance(route, Route) or route.code in ("not-2d", "not-flattened")):
+            return skip(linear.name, "kept", self.keeps[kind])
         return route
 
     def _walk(self, value, shape, chain: list, dag: dict, name: str):
@@ -191,7 +193,7 @@ class Planner:
 
     def _plan_entry(self, value, layout: PositionLayout) -> None:
         """Enter ``value`` where the ops that carry ``layout`` and lead to it start, if from one value."""
-        roots = self._roots(value, layout, {})
+        roots = self._roots(value, layout, {}) if self.carries else {value}
         self.plan.entries |= roots if len(roots) <= 1 else {value}
 
     def _roots(self, value, layout: PositionLayout, seen: dict) -> frozenset:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from ..carry import Moved
-from ..layouts import KEEP, MANY_POSITIONS, MapLayout, PositionLayout, compose, layout_for
+from ..layouts import KEEP, MANY_POSITIONS, MapLayout, PositionLayout, SplitLayout, apply_to_shape, compose, layout_for
 from ..report import Converted, Report
 from . import Entry, Form, Head
 from .plan import Planner, Route
@@ -31,21 +31,24 @@ log = logging.getLogger("fxconv")
 class Rewrite:
     """Rewrites the Linears of one graph (through a front end's view and builder), recording them in a Report."""
 
-    def __init__(self, view, build, method: str, layout: str, scope: str, report: Report, *, why: str = "",
-                 keeps: dict | None = None):
-        """``why``: the target's reason to record on each Linear converted; ``keeps``: its reason for those
-        it keeps (``fxconv.targets``)."""
+    def __init__(self, view, build, method: str, layout: str, scope: str, report: Report, *, why: dict | None = None,
+                 keeps: dict | None = None, carries: bool = True):
+        """``why``: the target's reason to record on each Linear converted; ``keeps``: its reasons for those
+        it keeps; ``carries=False``: every Linear at each position changes layout on its own, in and out,
+        nothing else runs in the layout (``fxconv.targets``: measured faster on Ethos-U)."""
         self.view, self.build, self.method, self.scope, self.report = view, build, method, scope, report
-        self.why, self.keeps = why, keeps
+        self.why, self.keeps, self.carries = why or {}, keeps, carries
         self.folded = layout == "folded"
         self.forms: dict[object, Form] = {}  # a value (original or its replacement) -> its conv form
         self.now: dict[object, object] = {}  # a value the walk replaced -> what its readers read now
         self.was: dict[object, object] = {}  # ... and back
         self.heads: list[Head] = []
         self.leaves: dict[object, Form] = {}  # each way out the walk made -> the form it leaves
+        self.memo: dict = {}  # what rules build once per walk (``_Context.once``)
 
     def run(self) -> None:
-        self.plan = Planner(self.view, self.method, self.folded, self.scope, self.report, self.keeps).run()
+        planner = Planner(self.view, self.method, self.folded, self.scope, self.report, self.keeps, self.carries)
+        self.plan = planner.run()
         self.walk()
         self.build.finish()
 
@@ -75,14 +78,15 @@ class Rewrite:
         out = self.view.output(op)
         record = self.view.read(op) if out is not None and not self.view.is_constant(out) else None
         formed = [self.forms[i.value] for i in record.inputs if i.value in self.forms] if record else []
-        if record is not None and not formed and self.scope == "all":
+        every = self.scope == "all" and self.carries
+        if record is not None and not formed and every:
             return self._free_form(out, record)
-        if not formed or len({f.layout for f in formed}) != 1:
+        if not formed:
             return False
-        layout = formed[0].layout
-        if not (force or self.scope == "all" or op in self.plan.chain or record.rule.after_conv):
+        layout = formed[0].layout  # an input in another layout is entered anew, if the rule takes it
+        if not (force or every or op in self.plan.chain or record.rule.after_conv):
             return False
-        if record.rule.check(record, layout, lambda v: v in self.forms and self.forms[v].layout == layout):
+        if record.rule.check(record, layout, lambda v: v in self.forms and _compatible(self.forms[v].layout, layout)):
             return False
         result = record.rule.rewrite(record, layout, _Context(self, layout), self.build)
         if isinstance(result, Moved):
@@ -111,7 +115,8 @@ class Rewrite:
             y = self.build.linear(form.value, linear, layout.weight_steps(in_features))
             self._substitute(linear.output, y)
             self.report.converted.append(Converted(
-                linear.name, self.method, form.entry.origin, (), self.build.name(y), "channels-last", self.why
+                linear.name, self.method, form.entry.origin, (), self.build.name(y), "channels-last",
+                self.why.get("head", ""),
             ))  # fmt: skip
             return None
         if isinstance(layout, MapLayout):
@@ -129,7 +134,8 @@ class Rewrite:
         self._replace(linear.output, conv, route.out, head)
         described = ("folded" if self.folded else "batched") if head else route.out.shape
         method, origin = (self.method, origin) if head else ("1x1", ())
-        converted = Converted(linear.name, method, origin, kernel, self.build.name(conv), described, self.why)
+        why = self.why.get("head" if head else "positions", "")
+        converted = Converted(linear.name, method, origin, kernel, self.build.name(conv), described, why)
         self.report.converted.append(converted)
         log.debug("fxconv: %s -> %s, %s", linear.name, self.build.name(conv), described)
 
@@ -145,7 +151,8 @@ class Rewrite:
         sizes = self.build.sizes(x, range(1, len(shape) - 1))
         self._substitute(linear.output, self.build.reshape(back, (KEEP, *sizes, self.view.shape(linear.output)[-1])))
         name = self.build.name(conv)
-        self.report.converted.append(Converted(linear.name, "1x1", (), (1, 1), name, MANY_POSITIONS, self.why))
+        why = self.why.get("positions", "")
+        self.report.converted.append(Converted(linear.name, "1x1", (), (1, 1), name, MANY_POSITIONS, why))
 
     # -- forms ---------------------------------------------------------------------------------------
 
@@ -190,7 +197,12 @@ class Rewrite:
 
     def _apply_entering(self, value, steps: list):
         """``steps`` applied to ``value``, a leading permute composed with the one ``value`` is made by (so
-        ``x.transpose(1, 2)`` of an (N, C, L) tensor enters the tokens layout without a transpose)."""
+        ``x.transpose(1, 2)`` of an (N, C, L) tensor enters the tokens layout without a transpose), and an
+        expanded constant laid out before it is expanded (a class token: no transpose at run time)."""
+        expanded = self.view.expanded(value)
+        if expanded is not None and self.view.is_constant(expanded[0]) and all(s[0] != "reshape" for s in steps):
+            source, sizes = expanded
+            return self.build.expand(self.build.constant(source, steps), apply_to_shape(tuple(sizes), steps))
         producer = self.view.producer(value)
         record = self.view.read(producer) if steps and steps[0][0] == "permute" and producer is not None else None
         if record is not None and record.rule.name == "permute" and not self.view.is_constant(value):
@@ -214,17 +226,37 @@ class Rewrite:
         return value
 
 
+def _compatible(layout, other) -> bool:
+    """Values in these layouts can be read together: the same, or heads split alike (GQA's fewer key heads)."""
+    if isinstance(layout, SplitLayout) and isinstance(other, SplitLayout):
+        return layout.order == other.order and layout.factors[1:] == other.factors[1:]
+    return layout == other
+
+
 class _Context:
     """What a rule's rewrite may ask the walk: any value in the layout it runs in."""
 
     def __init__(self, rewrite: Rewrite, layout):
         self.rewrite, self.layout = rewrite, layout
 
+    def shape(self, value):
+        return self.rewrite.view.shape(value)
+
+    def original(self, value):
+        """What the graph reads for ``value`` now (a value the walk replaced: its replacement)."""
+        return self.rewrite._current(value)
+
+    def once(self, key, make):
+        """``make()``, built once per ``key`` in this walk (an attention mask every layer reads)."""
+        if key not in self.rewrite.memo:
+            self.rewrite.memo[key] = make()
+        return self.rewrite.memo[key]
+
     def form(self, value):
         """``value`` in the layout: its form, a constant laid out alike, or an activation entered."""
         rewrite, layout = self.rewrite, self.layout
         known = rewrite.forms.get(value)
-        if known is not None and known.layout == layout:
+        if known is not None and _compatible(known.layout, layout):
             return known.value
         shape = rewrite.view.shape(value)
         if rewrite.view.is_constant(value):

@@ -141,6 +141,18 @@ class FxBuilder:
         index = (*(slice(None),) * dim, slice(start, end, step))
         return self._node("call_function", operator.getitem, (value, index))
 
+    def where(self, condition: Node, a, b) -> Node:
+        return self._node("call_function", torch.where, (condition, a, b))
+
+    def einsum(self, equation: str, *values: Node) -> Node:
+        return self._node("call_function", torch.einsum, (equation, *values))
+
+    def cat(self, values: list[Node], dim: int) -> Node:
+        return self._node("call_function", torch.cat, (list(values), dim))
+
+    def expand(self, value: Node, sizes: tuple) -> Node:
+        return self._method("expand", value, tuple(sizes))
+
     def size(self, value: Node, dim: int) -> Node:
         return self._method("size", value, dim)
 

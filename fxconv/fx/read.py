@@ -38,9 +38,11 @@ def _resolve(name: str, level: str) -> object | None:
     return name  # a library's function, matched by its qualified name (torchvision's stochastic_depth)
 
 
-def _rule_index() -> dict[object, list[Rule]]:
+@functools.cache
+def _rule_index(rules: tuple[Rule, ...] = CARRIED) -> dict[object, list[Rule]]:
+    """What each resolved name is read by: the rules in their order."""
     index: dict[object, list[Rule]] = {}
-    for rule in CARRIED:
+    for rule in rules:
         for level in ("torch", "aten"):
             for name in getattr(rule, level):
                 found = _resolve(name, level)
@@ -49,7 +51,7 @@ def _rule_index() -> dict[object, list[Rule]]:
     return index
 
 
-_INDEX = _rule_index()
+_INDEX = _rule_index()  # CARRIED's
 
 
 def _constants(graph: fx.Graph) -> set[Node]:
@@ -67,8 +69,9 @@ class FxView:
 
     static_sizes = False  # sizes are read at run time (``x.size(d)``)
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, rules: tuple[Rule, ...] = CARRIED):
         self.gm, self.graph = gm, gm.graph
+        self.index = _rule_index(rules)
         self.modules = dict(gm.named_modules())
         self.constants = _constants(gm.graph)
         self._ops = [n for n in gm.graph.nodes if n.op.startswith("call_")]
@@ -113,6 +116,14 @@ class FxView:
         name = op_name(op)
         return bool(op.kwargs.get("inplace", False)) or (name.endswith("_") and not name.startswith("__"))
 
+    def expanded(self, value) -> tuple[Node, tuple] | None:
+        """``(x, sizes)`` for a value made by ``x.expand(*sizes)`` of a tensor of the same rank; else None."""
+        if not isinstance(value, Node) or op_name(value) not in ("expand", "broadcast_to"):
+            return None
+        sizes = value.args[1] if len(value.args) == 2 and isinstance(value.args[1], (tuple, list)) else value.args[1:]
+        source = first_input(value)
+        return (source, tuple(sizes)) if len(shape_of(source) or ()) == len(sizes) else None
+
     def describe(self, op: Node | None) -> str:
         """A short description of what a node computes, for messages."""
         if op is None:
@@ -128,11 +139,12 @@ class FxView:
         """``op`` as the first rule that reads it sees it, or None."""
         if op.op == "call_module":
             module = self.modules[op.target]
-            rules = next((_INDEX[t] for t in type(module).__mro__ if t in _INDEX and _forward_of(module, t)), [])
+            index = self.index
+            rules = next((index[t] for t in type(module).__mro__ if t in index and _forward_of(module, t)), [])
         else:
             target = key(op)
             try:
-                rules = _INDEX.get(target) or _INDEX.get(_qualified(target), [])
+                rules = self.index.get(target) or self.index.get(_qualified(target), [])
             except TypeError:  # an unhashable target
                 return None
         context = _ReadContext(self, op)
@@ -194,6 +206,17 @@ class _ReadContext:
 
     def input_of(self, node: Node) -> Node:
         return first_input(node)
+
+    def is_call(self, node, name: str) -> bool:
+        """Whether ``node`` calls ``name`` (a Tensor method, a torch function or an ATen op of that name)."""
+        return isinstance(node, Node) and op_name(node) == name
+
+    def arg_of(self, node: Node, index: int, name: str, default=None):
+        return arg(node, index, name, default)
+
+    def is_bool(self, value) -> bool:
+        meta = value.meta.get("tensor_meta") if isinstance(value, Node) else None
+        return meta is not None and meta.dtype == torch.bool
 
 
 def _forward_of(module: nn.Module, base: type) -> bool:

@@ -27,6 +27,7 @@ import onnx
 import onnx_ir as ir
 
 from .. import _tidy
+from ..carry import ATTENTION, CARRIED
 from ..engine.rewrite import Rewrite
 from ..errors import FxconvWarning, InvalidArgumentError, NotConvertibleError
 from ..report import Report
@@ -72,9 +73,10 @@ def convert_onnx(
     copy.CopyFrom(proto)  # the IR keeps the proto's tensors, and renaming a value renames its tensor
     graph_model = ir.from_proto(copy)
     report = Report(method, scope, layout, capture="ONNX", target=target)
-    view = OnnxView(graph_model, inferred_shapes(proto))
+    view = OnnxView(graph_model, inferred_shapes(proto), ATTENTION if profile.attention else CARRIED)
     builder = OnnxBuilder(graph_model, view)
-    Rewrite(view, builder, method, layout, scope, report, why=profile.why, keeps=chosen["keeps"]).run()
+    choices = {"why": profile.why, "keeps": chosen["keeps"], "carries": profile.carries}
+    Rewrite(view, builder, method, layout, scope, report, **choices).run()
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     if report.converted and all(v.shape is not None and v.shape.is_static() for v in graph_model.graph.inputs):

@@ -156,6 +156,20 @@ class OnnxBuilder:
                   ((0 if start is None else start, "starts"), (end, "ends"), (dim, "axes"), (step, "steps"))]
         return self._add("Slice", [value, *bounds], {}, "slice")[0]
 
+    def where(self, condition: ir.Value, a, b) -> ir.Value:
+        dtype = np.float32
+        a, b = (self._initializer(np.array(v, dtype), "where") for v in (a, b))
+        return self._add("Where", [condition, a, b], {}, "where")[0]
+
+    def einsum(self, equation: str, *values: ir.Value) -> ir.Value:
+        return self._add("Einsum", list(values), {"equation": equation}, "einsum")[0]
+
+    def cat(self, values: list[ir.Value], dim: int) -> ir.Value:
+        return self._add("Concat", list(values), {"axis": dim}, "concat")[0]
+
+    def expand(self, value: ir.Value, sizes: tuple) -> ir.Value:
+        return self._add("Expand", [value, self._initializer(np.array(sizes, np.int64), "sizes")], {}, "expand")[0]
+
     def sizes(self, value: ir.Value, dims) -> list[int]:
         shape = self.view.shape(value)
         return [shape[d] for d in dims]

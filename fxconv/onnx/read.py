@@ -21,10 +21,14 @@ from ..report import Skipped
 from .linears import read_linear
 from .values import all_values, numbers
 
-_INDEX: dict[str, list] = {}
-for _rule in CARRIED:
-    for _op_type in _rule.onnx:
-        _INDEX.setdefault(_op_type, []).append(_rule)
+
+def _rule_index(rules: tuple) -> dict[str, list]:
+    """What each ONNX op type is read by: the rules in their order."""
+    index: dict[str, list] = {}
+    for rule in rules:
+        for op_type in rule.onnx:
+            index.setdefault(op_type, []).append(rule)
+    return index
 
 
 class OnnxView:
@@ -32,8 +36,9 @@ class OnnxView:
 
     static_sizes = True  # a Reshape's sizes must be known here
 
-    def __init__(self, model: ir.Model, shapes: dict[str, tuple]):
+    def __init__(self, model: ir.Model, shapes: dict[str, tuple], rules: tuple = CARRIED):
         self.graph = model.graph
+        self.index = _rule_index(rules)
         self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
         self.shapes = {v: shapes[v.name] for v in all_values(self.graph) if v.name in shapes}
         self._ops = list(self.graph.all_nodes())
@@ -71,6 +76,14 @@ class OnnxView:
     def writes_input(self, op: ir.Node) -> bool:
         return False
 
+    def expanded(self, value) -> tuple[ir.Value, tuple] | None:
+        """``(x, sizes)`` for a value made by ``Expand(x, shape)`` of the same rank, shape a constant; else None."""
+        producer = value.producer()
+        if producer is None or producer.op_type != "Expand" or numbers(producer.inputs[1]) is None:
+            return None
+        sizes = tuple(int(s) for s in numbers(producer.inputs[1]))
+        return (producer.inputs[0], sizes) if len(self.shape(producer.inputs[0]) or ()) == len(sizes) else None
+
     def describe(self, op: ir.Node | None) -> str:
         return "a graph input" if op is None else f"{op.op_type} node {op.name!r}"
 
@@ -81,7 +94,7 @@ class OnnxView:
         if op.domain not in ("", "ai.onnx") or not op.inputs or op.inputs[0] is None:
             return None
         context = _ReadContext(self, op)
-        for rule in _INDEX.get(op.op_type, ()):
+        for rule in self.index.get(op.op_type, ()):
             params = rule.read_onnx(op, context)
             if params is not None:
                 inputs = tuple(Input(v, self.shape(v), self.is_constant(v), self.single(v)) for v in self.inputs(op))
