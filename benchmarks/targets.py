@@ -145,7 +145,7 @@ def run(out: Path, tiny: bool) -> dict:
                 rows.append({"model": name, "compiler": device, "variant": label, **found})
                 print(_line(rows[-1]), flush=True)
         for label, make in variants(model, x, "coreml").items():
-            found = _measure(make, lambda m, x=x: {"ops": {op: n for op, n in coreml_ops(m, x).items() if op in MIL_OPS}})
+            found = _measure(make, lambda m, x=x: {"ops": _mil_counts(coreml_ops(m, x))})
             rows.append({"model": name, "compiler": "coreml", "variant": label, **found})
             print(_line(rows[-1]), flush=True)
     document = {"rows": rows, "versions": versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -154,6 +154,10 @@ def run(out: Path, tiny: bool) -> dict:
     plot(rows, out / "bench-targets.png")
     print(f"wrote {out / 'bench-targets.json'} and bench-targets.png")
     return document
+
+
+def _mil_counts(ops: dict[str, int]) -> dict[str, int]:
+    return {op: n for op, n in ops.items() if op in MIL_OPS}
 
 
 def _line(row: dict) -> str:
@@ -199,7 +203,8 @@ def _label(variant: str) -> str:
 
 
 def _find(rows, model, compiler, label):
-    return next((r for r in rows if (r["model"], r["compiler"], _label(r["variant"])) == (model, compiler, label)), None)
+    wanted = (model, compiler, label)
+    return next((r for r in rows if (r["model"], r["compiler"], _label(r["variant"])) == wanted), None)
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -76,7 +76,7 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     if not path.is_file():
         raise OnnxError(f"no ONNX file at {path}")
     try:
-        model = onnx.load(path)
+        model = onnx.load(path, format="protobuf")  # whatever the name: onnx infers JSON from *.json
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise OnnxError(f"{path} is not a valid ONNX model: {first_line(e)}") from e
@@ -143,7 +143,10 @@ def _onnxruntime(path: str, threads: int | None) -> Session:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    # onnxruntime reads a file named *.json as a JSON model and *.ort as its own format, whatever it holds:
+    # an ONNX file under such a name is handed over as bytes (one over 2 GB, with external data, cannot be).
+    source = Path(path).read_bytes() if str(path).lower().endswith((".json", ".ort")) else path
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     return Session(
         "onnxruntime",

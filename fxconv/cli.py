@@ -104,8 +104,14 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def run() -> None:
+    """The ``fxconv`` console script and ``python -m fxconv``: :func:`main`, then exit with its code."""
+    _Interrupts.last = True  # the process ends with this run: Ctrl-C pressed again must not kill it by SIGINT
+    sys.exit(main())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fxconv`` console script."""
+    """The command line, as a function: parse ``argv``, run the command, return the exit code."""
     args = _parser().parse_args(argv)
     try:
         with _Interrupts():
@@ -126,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    _check_distinct(args)
     for path in filter(None, (args.output, args.report)):
         _check_writable(path, args.force)
+    if args.output.suffix.lower() != ".onnx":
+        print(f"fxconv: warning: -o {args.output} does not end in .onnx; it is written as an ONNX file all the same",
+              file=sys.stderr)
     if not args.no_check and importlib.util.find_spec(args.runtime) is None:
         raise InvalidArgumentError(
             f"--runtime {args.runtime}: it is not installed (pip install 'fxconv[{args.runtime}]')"
@@ -262,7 +272,7 @@ def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
 
     def write(path: Path) -> None:
         large = converted.ByteSize() >= 2**31 - 2**20  # protobuf's limit, less room for the graph
-        onnx.save(converted, path, save_as_external_data=large, location=f"{path.name}.data")
+        onnx.save(converted, path, format="protobuf", save_as_external_data=large, location=f"{path.name}.data")
 
     reference_name = f"the original {args.model}"
     return _Source(report, write, "writing the converted ONNX file", args.model, reference_name, example, shape)
@@ -277,6 +287,22 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     if len(shape) < 2 or min(shape) < 1:
         raise InvalidArgumentError(f"--input-shape {text!r} is not a shape like 1,3,224,224")
     return shape
+
+
+def _check_distinct(args: argparse.Namespace) -> None:
+    """Refuse, before any work, two of MODEL, -o and --report that name one file (links and ``..`` resolved):
+    the later write would replace the earlier one, or the input, with --force too."""
+    named = {"-o": args.output, "--report": args.report}
+    if Path(args.model).exists():
+        named = {"MODEL": Path(args.model), **named}
+    seen: dict[Path, str] = {}
+    for option, path in named.items():
+        if path is None:
+            continue
+        key = (path.stat().st_dev, path.stat().st_ino) if path.is_file() else path.resolve()  # hard links too
+        if key in seen:
+            raise InvalidArgumentError(f"{seen[key]} and {option} both name {path}: give each its own file")
+        seen[key] = option
 
 
 def _check_writable(path: Path, force: bool) -> None:
@@ -308,9 +334,13 @@ class _Interrupts:
     lands in a ``__del__`` or a callback, where Python prints "Exception ignored in ..." with a traceback
     and goes on (those reports are dropped here: the run stops anyway); and a parent process that ignores
     SIGINT (pytest-xdist workers, nohup), whose children inherit SIG_IGN and would never see Ctrl-C.
+    Pressed again, Ctrl-C is ignored: a second KeyboardInterrupt could cut the clean-up of a staging
+    folder short, or (as Python shuts down, which takes a while with torch loaded) turn exit code 130
+    into death by SIGINT.
     """
 
     seen = False
+    last = False  # the process ends after this run (the console script): later presses stay ignored
 
     def __enter__(self):
         type(self).seen = False
@@ -320,7 +350,7 @@ class _Interrupts:
 
     def __exit__(self, *exc) -> None:
         if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+            signal.signal(signal.SIGINT, signal.SIG_IGN if self.seen and self.last else self.previous)
         sys.unraisablehook = self.previous_hook
 
     def _unraisable(self, report) -> None:
@@ -329,6 +359,8 @@ class _Interrupts:
 
     @classmethod
     def _handle(cls, signum, frame):
+        if cls.seen:  # pressed again: the run is already stopping, and its clean-up must not be cut short
+            return
         cls.seen = True
         raise KeyboardInterrupt
 
@@ -403,4 +435,4 @@ def _itemsize(data_type: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

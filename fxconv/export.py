@@ -140,7 +140,7 @@ def _write_atomically(model: ir.Model, path: Path, external: bool) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
         staged = Path(folder) / path.name
         try:
-            ir.save(model, staged, external_data=f"{path.name}.data" if external else None)
+            ir.save(model, staged, format="protobuf", external_data=f"{path.name}.data" if external else None)
             if external:
                 os.replace(f"{staged}.data", f"{path}.data")
             os.replace(staged, path)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -271,6 +272,34 @@ def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
     assert sorted(p.name for p in workdir.iterdir() if p.suffix == ".onnx") == ["existing.onnx"]
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nets:make", "-o", "a.onnx", "--report", "./a.onnx"], "-o and --report both name a.onnx"),
+        (["nets:make", "-o", "a.onnx", "--report", "link.json"], "-o and --report both name link.json"),
+        (["existing.onnx", "-o", "sub/../existing.onnx"], "MODEL and -o both name sub/../existing.onnx"),
+        (["existing.onnx", "-o", "e.onnx", "--report", "hard.onnx"], "MODEL and --report both name hard.onnx"),
+    ],
+    ids=["same-path", "symlink", "dot-dot", "hard-link"],
+)
+def test_two_of_the_files_naming_one_file_are_refused_before_any_work_even_with_force(workdir, args, message):
+    (workdir / "existing.onnx").write_bytes(b"precious")
+    (workdir / "sub").mkdir()
+    (workdir / "a.onnx").write_bytes(b"old")
+    (workdir / "link.json").symlink_to("a.onnx")
+    os.link(workdir / "existing.onnx", workdir / "hard.onnx")
+    result = fxconv_cli("convert", *args, "--input-shape", TINY, "--force", cwd=workdir)
+    assert result.returncode == 2 and result.stderr.strip() == f"fxconv: error: {message}: give each its own file"
+    assert (workdir / "existing.onnx").read_bytes() == b"precious" and (workdir / "a.onnx").read_bytes() == b"old"
+
+
+def test_an_output_not_named_onnx_is_warned_about(workdir):
+    result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "-o", "model.json", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "warning: -o model.json does not end in .onnx" in result.stderr
+    assert fxconv.load_onnx(workdir / "model.json").graph.node
+
+
 def test_inspect_a_corrupt_file_is_one_line(workdir):
     (workdir / "bad.onnx").write_bytes(b"not onnx at all")
     result = fxconv_cli("inspect", "bad.onnx", cwd=workdir)
@@ -323,9 +352,29 @@ def test_scope_all_converts_the_per_position_linear_the_default_leaves(workdir):
     assert bad.returncode == 2 and "invalid choice: 'every'" in bad.stderr and not (workdir / "b.onnx").exists()
 
 
+def test_a_target_chooses_and_the_report_says_what_it_kept(workdir):
+    result = fxconv_cli(
+        "convert", "nets:make", "--input-shape", TINY, "--target", "ethos-u", "--strict", "-o", "e.onnx",
+        "--report", "e.json", cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "target='ethos-u', method='channels-last'" in result.stdout and "1 kept for the target" in result.stdout
+    assert "check PASSED" in result.stdout
+    report = json.loads((workdir / "e.json").read_text())
+    assert report["target"] == "ethos-u" and [c["name"] for c in report["converted"]] == ["3"]
+    assert "Ethos-U" in report["converted"][0]["why"]
+    assert [(k["name"], k["code"]) for k in report["kept"]] == [("5", "kept")]
+    slower = fxconv_cli(
+        "convert", "nets:make", "--input-shape", TINY, "--target", "ethos-u", "--method", "kernel", "-o", "k.onnx",
+        cwd=workdir,
+    )  # fmt: skip
+    assert slower.returncode == 0 and "method='kernel' with target='ethos-u'" in slower.stderr, slower.stderr
+    assert "Traceback" not in slower.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("step", ["tracing", "exporting", "checking"])
-def test_ctrl_c_in_any_step_exits_130_in_one_line_and_leaves_nothing(workdir, step):
+def test_ctrl_c_in_any_step_even_pressed_again_exits_130_in_one_line_and_leaves_nothing(workdir, step):
     process = subprocess.Popen(
         [sys.executable, "-m", "fxconv", "convert", "torchvision:vgg11", "--input-shape", "1,3,64,64", "-o", "v.onnx"],
         cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -333,8 +382,10 @@ def test_ctrl_c_in_any_step_exits_130_in_one_line_and_leaves_nothing(workdir, st
     for line in process.stderr:
         if line.startswith(f"... {step}"):
             break
-    process.send_signal(signal.SIGINT)
-    _, rest = process.communicate(timeout=300)
+    while process.poll() is None:  # Ctrl-C pressed again and again: each one may land anywhere in the exit
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    rest = process.stderr.read()
     assert process.returncode == 130, rest
     assert rest.strip().splitlines()[-1] == "fxconv: interrupted; nothing was written" and "Traceback" not in rest, rest
     assert sorted(p.name for p in workdir.iterdir()) == ["nets.py"]  # no file, no staging folder

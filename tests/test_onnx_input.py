@@ -464,3 +464,13 @@ def test_a_head_value_read_elsewhere_is_left_again_as_it_was(method, layout):
     converted, report = fxconv.convert_onnx(model, method, layout=layout, strict=True)
     assert_same(model, converted, (4, 3, 5))
     assert [o.name for o in converted.graph.output] == ["y", "r"] and weight_products(converted) == 0
+
+
+def test_the_ethos_u_target_reads_a_flattened_map_channels_last_in_an_onnx_file_too():
+    original = matmul_add_head()
+    converted, report = fxconv.convert_onnx(original, target="ethos-u", strict=True)
+    assert [(c.name, c.method) for c in report.converted] == [("fc1.weight", "channels-last")]
+    assert [k.name for k in report.kept] == ["fc2.weight"]
+    assert _ops(converted)[:3] == ["Transpose", "Flatten", "Gemm"]  # NCHW -> NHWC, which an NHWC compiler holds
+    assert {i.name for i in converted.graph.initializer} <= {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
+    assert_same(original, converted, (4, 3, 5))

@@ -54,6 +54,7 @@ class OnnxBuilder:
         self.names = {v.name for v in all_values(self.graph)} | {n.name for n in self.graph.all_nodes()}
         self.relaid: dict[tuple, ir.Value] = {}  # (stored weight, how it is laid out) -> the Conv's weight
         self.originals: dict[ir.Value, str] = {}  # each re-laid initializer -> the name of the one it re-lays
+        self.created: set[ir.Value] = set()  # every initializer the rewrite made
         self.dead_before = set(self.graph) - _live_nodes(self.graph)
         self.used_before = {v for v in self.graph.initializers.values() if v.uses()}
 
@@ -83,6 +84,7 @@ class OnnxBuilder:
     def _initializer(self, array: np.ndarray, name: str, relays: ir.Value | None = None) -> ir.Value:
         value = ir.Value(name=self._unique(name), const_value=ir.tensor(np.ascontiguousarray(array)))
         self.graph.register_initializer(value)
+        self.created.add(value)
         if relays is not None:
             self.originals[value] = relays.name
         return value
@@ -230,7 +232,7 @@ class OnnxBuilder:
             if node not in self.dead_before and not any(v.uses() or v.is_graph_output() for v in node.outputs):
                 self.graph.remove(node, safe=True)
         for value in list(self.graph.initializers.values()):
-            ours_or_was_read = value in self.used_before or value in self.originals
+            ours_or_was_read = value in self.used_before or value in self.created
             if ours_or_was_read and not value.uses() and not value.is_graph_input() and not value.is_graph_output():
                 self.graph.initializers.pop(value.name)
         kept = {v: root for v, root in self.originals.items() if v.name in self.graph.initializers}
