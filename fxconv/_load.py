@@ -10,6 +10,7 @@ evaluated. Every failure is an :class:`InvalidArgumentError` the CLI prints as o
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib
 import os
 import sys
@@ -86,12 +87,11 @@ def _torchvision_model(name: str) -> nn.Module:
     try:
         import torchvision
     except ImportError as e:
-        raise InvalidArgumentError("torchvision is not installed: pip install torchvision") from e
+        raise InvalidArgumentError("torchvision is not installed: pip install 'fxconv[vision]'") from e
     names = torchvision.models.list_models(module=torchvision.models)
     if name not in names:
-        raise InvalidArgumentError(
-            f"unknown torchvision model {name!r}; classification models are: {', '.join(names)}"
-        )
+        raise InvalidArgumentError(f"unknown torchvision model {name!r}{_did_you_mean(name, names)} "
+                                   "(torchvision.models.list_models() lists its classification models)")
     return torchvision.models.get_model(name, weights=None)
 
 
@@ -99,9 +99,11 @@ def _timm_model(name: str) -> nn.Module:
     try:
         import timm
     except ImportError as e:
-        raise InvalidArgumentError("timm is not installed: pip install timm") from e
+        raise InvalidArgumentError("timm is not installed: pip install 'fxconv[timm]'") from e
     if not timm.is_model(name):
-        raise InvalidArgumentError(f"unknown timm model {name!r} (timm.list_models() lists them)")
+        raise InvalidArgumentError(
+            f"unknown timm model {name!r}{_did_you_mean(name, timm.list_models())} (timm.list_models() lists them)"
+        )
     return timm.create_model(name, pretrained=False)
 
 
@@ -160,3 +162,8 @@ def model_dtype(model: nn.Module | ExportedProgram) -> torch.dtype:
     """The dtype the model computes in: that of its first floating-point parameter or buffer."""
     tensors = model.state_dict().values() if isinstance(model, nn.Module) else model.state_dict.values()
     return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+
+
+def _did_you_mean(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f": did you mean {' or '.join(map(repr, close))}?" if close else ""

@@ -97,6 +97,8 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
     if how != "export":
         try:
             gm = _symbolic_trace(model, len(inputs))
+            if any(n.op == "placeholder" and n.target.startswith("*") for n in gm.graph.nodes):
+                raise TraceError(f"symbolic_trace takes the *args of {type(model).__name__}.forward as one input")
             outputs = record_shapes(gm, inputs)
             traced = Captured(gm, "symbolic_trace", hidden=hidden_linears(gm, model))
             if not _same(outputs, _run(model, inputs)):
@@ -116,6 +118,13 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
     except Exception as e:
         if traced is not None and traced.hidden:
             return traced
+        cache = re.search(r"Found <class '[\w.]*?(\w*Cache)'> in output", str(e))
+        if cache:  # Hugging Face's default use_cache=True: the forward returns a cache object
+            raise TraceError(
+                f"fxconv cannot capture {type(model).__name__}: it returns a {cache.group(1)} (Hugging Face's "
+                "use_cache=True), which torch.export cannot give back: build it with use_cache=False "
+                "(model.config.use_cache = False)"
+            ) from e
         tried = f"{note}; " if note else ""
         raise TraceError(
             f"fxconv cannot capture {type(model).__name__}: {tried}torch.export failed{_where(e, model)}: "
@@ -202,10 +211,24 @@ def _defaults_after(model: nn.Module, given: int) -> dict:
 def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ExportedProgram:
     """torch.export with a dynamic batch (examples of batch 1 doubled: export specialises a batch of 1)."""
     examples = tuple(batch_of_two(t) for t in inputs)
-    dynamic = tuple({0: Dim.AUTO} if t.dim() else {} for t in examples)
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")
-        return torch.export.export(model, examples, dynamic_shapes=dynamic)
+        return torch.export.export(model, examples, dynamic_shapes=_batch_dynamic(model, examples))
+
+
+def _batch_dynamic(model: nn.Module, examples: tuple) -> tuple | dict:
+    """``dynamic_shapes`` with dim 0 of every example free, shaped as the forward's signature takes them:
+    by parameter name, the examples a ``*args`` collects as one tuple."""
+    def free(t):
+        return {0: Dim.AUTO} if t.dim() else {}
+
+    try:
+        parameters = inspect.signature(model.forward).parameters
+        bound = inspect.signature(model.forward).bind(*examples).arguments
+    except (TypeError, ValueError):  # no signature to read, or it does not take them: export will say why
+        return tuple(free(t) for t in examples)
+    return {name: tuple(free(t) for t in value) if parameters[name].kind == inspect.Parameter.VAR_POSITIONAL
+            else free(value) for name, value in bound.items()}
 
 
 def export_again(gm: fx.GraphModule, program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> ExportedProgram:
@@ -260,8 +283,9 @@ def _same(a, b) -> bool:
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph once and records each tensor's metadata as ``node.meta["tensor_meta"]``."""
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, key: str = "tensor_meta"):
         super().__init__(gm)
+        self.key = key
         self.extra_traceback = False  # fx would append the node and a traceback to our one-line error
 
     def run_node(self, n: Node):
@@ -271,7 +295,7 @@ class _ShapeRecorder(fx.Interpreter):
             rejected = f"the model rejects the example inputs at {node_place(n)}: {type(e).__name__}: {first_line(e)}"
             raise ExampleInputError(self._expected(n) or rejected) from e
         if isinstance(result, torch.Tensor):
-            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
+            n.meta[self.key] = _extract_tensor_metadata(result) if self.key == "tensor_meta" else tuple(result.shape)
         return result
 
     def _expected(self, n: Node) -> str:
@@ -300,7 +324,44 @@ def record_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]):
     # Eval mode so that BatchNorm running statistics are not updated by this extra run; the shapes are
     # the same in both modes. fork_rng so that dropout here does not shift the user's random stream.
     with torch.no_grad(), eval_mode(gm), torch.random.fork_rng(devices=[]):
-        return _ShapeRecorder(gm).run(*inputs)
+        outputs = _ShapeRecorder(gm).run(*inputs)
+        _record_batch_dims(gm, inputs)
+    return outputs
+
+
+def _record_batch_dims(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Which dims of each node's tensor change with the batch: ``node.meta["batch_dims"]``, {dim: a*N+c}.
+
+    One example cannot tell them apart: at batch 1, MultiheadAttention's (1, N·heads, d) looks like a
+    (1, heads, d) map to flatten, and a head read from it would be right at batch 1 only. So the graph runs
+    once more, every input one row longer, and a dim whose size moved is marked with the size as a function
+    of the batch N (``"N"``, ``"4N"``). A graph that runs at its example's batch only marks none.
+    """
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor) and t.dim()]
+    if not tensors:
+        return
+    batch = tensors[0].shape[0]
+    grown = tuple(torch.cat([t, t[:1]]) if isinstance(t, torch.Tensor) and t.dim() else t for t in inputs)
+    try:
+        _ShapeRecorder(gm, key="grown_shape").run(*grown)
+    except Exception:  # fixed to the example's batch (a static capture, a cache of one size): no dim moves
+        for n in gm.graph.nodes:
+            n.meta.pop("grown_shape", None)
+        return
+    for n in gm.graph.nodes:
+        grown_shape, meta = n.meta.pop("grown_shape", None), n.meta.get("tensor_meta")
+        if grown_shape is None or not hasattr(meta, "shape") or len(grown_shape) != len(meta.shape):
+            continue
+        moved = {d: _in_batch(size, size_then - size, batch)
+                 for d, (size, size_then) in enumerate(zip(meta.shape, grown_shape)) if size != size_then}
+        if moved:
+            n.meta["batch_dims"] = moved
+
+
+def _in_batch(size: int, per_row: int, batch: int) -> str:
+    """A size that grew by ``per_row`` with one more row, as a function of the batch N: "N", "4N", "2N+1"."""
+    rest = size - per_row * batch
+    return f"{per_row if per_row != 1 else ''}N" + (f"{rest:+d}" if rest else "")
 
 
 def node_place(node: Node) -> str:

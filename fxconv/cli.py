@@ -11,9 +11,10 @@
     fxconv convert timm:vit_small_patch16_224 --scope all -o vit.onnx   # every Linear, not just the head
 
 Exit codes: 0 success, 1 the check failed (or ``--strict`` found a Linear left alone), 2 bad usage or
-input, 130 interrupted. Errors are one line on stderr (``--debug`` shows the traceback). The output
-appears only once it is complete and checked; an existing file is never replaced unless ``--force`` is
-given. torch is imported only once a command runs: ``fxconv --help`` answers at once.
+input, 130 interrupted, 141 the output's reader went away (``fxconv inspect FILE | head``), as shells
+say. Errors are one line on stderr (``--debug`` shows the traceback). The output appears only once it is
+complete and checked; an existing file is never replaced unless ``--force`` is given. torch is imported
+only once a command runs: ``fxconv --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
     from .report import Report
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130: 128 + SIGINT, as shells do
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141  # 128 + SIGINT, SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +54,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fxconv", description="Rewrite flatten→Linear heads as convolutions, export ONNX, check it.")
+    parser = _Parser(
+        prog="fxconv", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Rewrite a model's Linear layers as the convolutions they are, export ONNX, and check the "
+        "file against the original.",
+        epilog="examples:\n"
+        "  fxconv convert torchvision:resnet18 -o resnet18.onnx\n"
+        "  fxconv convert timm:vit_small_patch16_224 --scope all -o vit.onnx\n"
+        "  fxconv convert mypkg.models:make_net --input-shape 1,3,96,96 --target ethos-u -o net.onnx\n"
+        "  fxconv convert vendor_int8.onnx -o vendor_int8_conv.onnx\n"
+        "  fxconv inspect resnet18.onnx\n"
+        "more: fxconv convert --help",
+    )
     parser.add_argument("--version", action="version", version=f"fxconv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -119,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the staging folders are context managers: nothing is left behind
         print("fxconv: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # ``fxconv inspect FILE | head``: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit stays quiet
+        return EXIT_PIPE
     except Exception as e:
         if args.debug:
             raise
@@ -149,11 +164,11 @@ def _convert(args: argparse.Namespace) -> int:
     source = (_from_onnx if args.model.lower().endswith(".onnx") else _from_pytorch)(args, timings)
     report = source.report
     print(report)
-    if not report.converted:
-        print("fxconv: note: no Linear was converted; the file will hold the model as it was", file=sys.stderr)
     if args.strict and report.skipped:
         print(f"fxconv: --strict: {len(report.skipped)} Linear left alone; nothing was written", file=sys.stderr)
         return EXIT_CHECK_FAILED
+    if not report.converted:
+        print("fxconv: note: no Linear was converted; the file will hold the model as it was", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
         staged = Path(staging) / args.output.name
@@ -189,10 +204,11 @@ def _convert(args: argparse.Namespace) -> int:
             "versions": versions(),
         }
         _write_json(args.report, document)
+        print(f"wrote the report {args.report}")
     if not written:
         print(f"fxconv: the check failed; {args.output} was not written", file=sys.stderr)
         return EXIT_CHECK_FAILED
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output}" + (" (not checked: --no-check)" if check is None else ""))
     return EXIT_OK
 
 
@@ -391,6 +407,9 @@ def _census_table(ops: dict[str, int], report: Report, weight_products: int) -> 
 def _write_json(path: Path, document: dict) -> None:
     """Write JSON atomically (a temporary file beside it, then a rename)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private (0600): the mode any new file gets, as the ONNX file
     with os.fdopen(fd, "w") as f:
         json.dump(document, f, indent=2, default=str)
     os.replace(tmp, path)

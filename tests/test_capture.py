@@ -335,3 +335,31 @@ def test_a_squeeze_head_is_exact_at_every_batch_size(layout, capture):
             got, want = module(x), model(x)
         assert got.shape == want.shape  # (2,) for a batch of one: squeeze() dropped the batch dim
         torch.testing.assert_close(got, want)
+
+
+class VarArgs(nn.Module):
+    """``forward(self, *args)``: seq2seq and adapter wrappers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, *args):
+        x, y = args
+        return self.fc(torch.flatten(self.conv(x) + y, 1))
+
+
+@pytest.mark.parametrize("how", ["auto", "export"])
+def test_a_forward_of_varargs_converts_through_torch_export(how, tmp_path):
+    model = VarArgs().eval()
+    x, y = torch.randn(1, 3, 8, 8), torch.randn(1, 4, 6, 6)
+    module, report = fxconv.convert(model, (x, y), capture=how, strict=True)
+    assert report.capture == "torch.export" and [c.name for c in report.converted] == ["fc"]
+    assert how == "export" or "takes the *args of VarArgs.forward as one input" in report.capture_note
+    for batch in (1, 2, 3):
+        inputs = (torch.randn(batch, 3, 8, 8), torch.randn(batch, 4, 6, 6))
+        torch.testing.assert_close(module(*inputs), model(*inputs))
+    check = fxconv.check_onnx(fxconv.export_onnx(module, (x, y), tmp_path / "v.onnx"), model, (x, y))
+    assert check.passed, check
+    with pytest.raises(fxconv.TraceError, match=r"takes the \*args of VarArgs.forward as one input"):
+        fxconv.convert(model, (x, y), capture="fx")

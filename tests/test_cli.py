@@ -122,6 +122,8 @@ def test_help_answers_without_importing_torch(workdir):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
     assert "--opset N" in result.stdout and result.stdout.strip().endswith("0 False"), result.stdout
+    top = subprocess.run([sys.executable, "-m", "fxconv", "--help"], capture_output=True, text=True, cwd=workdir)
+    assert "Linear layers as the convolutions they are" in top.stdout and "fxconv convert torchvision:" in top.stdout
 
 
 def test_a_runtime_that_is_not_installed_is_refused_before_any_work(workdir, monkeypatch, capsys):
@@ -202,10 +204,30 @@ def test_dense_gives_a_file_with_dynamic_height_and_width(workdir):
     assert "[batch, 5, " in inspected.stdout  # (N, classes, h, w) out
 
 
-def test_no_check_skips_the_comparison(workdir):
+def test_no_check_skips_the_comparison_and_says_so(workdir):
     result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--no-check", "-o", "m.onnx", cwd=workdir)
     assert result.returncode == 0 and "onnxruntime check" not in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "wrote m.onnx (not checked: --no-check)"
     assert (workdir / "m.onnx").is_file()
+
+
+def test_the_report_is_named_on_stdout_and_readable_like_the_onnx_file(workdir):
+    result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "-o", "m.onnx", "--report", "m.json",
+                        cwd=workdir)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-2:] == ["wrote the report m.json", "wrote m.onnx"]
+    assert (workdir / "m.json").stat().st_mode & 0o777 == (workdir / "m.onnx").stat().st_mode & 0o777
+
+
+def test_inspect_into_a_reader_that_goes_away_ends_quietly(workdir):
+    assert fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--no-check", "-o", "m.onnx",
+                      cwd=workdir).returncode == 0  # fmt: skip
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line (``| head -n 0``)
+    inspect = subprocess.run([sys.executable, "-m", "fxconv", "inspect", "m.onnx"], cwd=workdir, stdout=write,
+                             stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    os.close(write)
+    assert inspect.returncode == 141 and inspect.stderr == "", inspect.stderr
 
 
 def test_a_failed_check_exits_1_and_writes_nothing(workdir):
@@ -223,6 +245,7 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
     ("args", "message"),
     [
         (["torchvision:resnet9000"], "unknown torchvision model 'resnet9000'"),
+        (["torchvision:resnet-18"], "unknown torchvision model 'resnet-18': did you mean 'resnet18'"),
         (["nowhere.nothing:make"], "cannot import 'nowhere.nothing'"),
         (["nets:absent"], "module 'nets' has no 'absent'"),
         (["nets:Net.from_nam('small')"], "module 'nets' has no 'Net.from_nam'"),
@@ -249,7 +272,7 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["nets:make", "--bogus"], "unrecognized arguments: --bogus"),
     ],
     ids=[
-        "unknown-model", "no-module", "no-callable", "no-attribute", "not-a-literal", "syntax-error",
+        "unknown-model", "typo", "no-module", "no-callable", "no-attribute", "not-a-literal", "syntax-error",
         "unknown-timm", "factory-fails", "bad-spec", "shape-unparsable", "shape-rejected", "wrong-channels",
         "wrong-rank", "float64", "opset-12", "batch-0", "unknown-runtime", "unknown-method", "unknown-layout",
         "dense-1x1", "bad-state-dict", "missing-dir", "output-is-a-directory", "existing-output", "bad-flag",

@@ -118,3 +118,35 @@ def test_a_decoder_runs_its_norms_and_mlps_in_the_token_layout(name, tmp_path):
     check = fxconv.check_onnx(path, model, ids)
     assert check.passed, str(check)
     assert check.ops["Conv"] == 15 and "Gemm" not in check.ops
+
+
+def test_levit_s_pooled_batchnorm_head_converts_under_torch_export():
+    """LeViT's head (tokens pooled, BatchNorm1d, Linear) is converted by torch.export as by symbolic_trace."""
+    config = transformers.LevitConfig(
+        image_size=64, hidden_sizes=[32, 48, 64], num_attention_heads=[1, 2, 2], depths=[1, 1, 1],
+        key_dim=[8, 8, 8], mlp_ratio=[2, 2, 2], attention_ratio=[2, 2, 2], num_labels=10,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LevitForImageClassification(config).eval()
+    x = torch.randn(2, 3, 64, 64)
+    module, report = fxconv.convert(model, x, capture="export")
+    assert [c.name for c in report.converted] == ["classifier.linear"] and report.converted[0].method == "kernel"
+    with torch.no_grad():
+        for batch in (x, x[:1], torch.cat([x, x[:1]])):
+            torch.testing.assert_close(logits(module(batch)), logits(model(batch)))
+
+
+def test_a_model_returning_its_cache_is_refused_in_one_line_that_names_use_cache():
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    model, ids = transformers.GPT2Model(config).eval(), torch.randint(0, 50, (1, 8))
+    with pytest.raises(fxconv.TraceError, match=r"returns a DynamicCache .*use_cache=False") as refused:
+        fxconv.convert(model, ids, scope="all")
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 250
+    model.config.use_cache = False  # as the message says
+    module, report = fxconv.convert(model, ids, scope="all")
+    assert not report.skipped and len(report.converted) == 4  # GPT-2's Conv1D: c_attn, c_proj, c_fc, c_proj
+    with torch.no_grad():
+        for batch in (ids, ids.repeat(2, 1)):
+            torch.testing.assert_close(module(batch)[0], model(batch)[0])

@@ -63,7 +63,8 @@ class Slice(Rule):
         form = ctx.form(op.data.value)
         for dim, start, end, step in op.params["slices"]:
             size = (op.data.shape or ())[dim] if op.data.shape else None
-            whole = start in (None, 0) and step == 1 and (end is None or (size is not None and end >= size))
+            to_the_end = end is None or end >= _END or (size is not None and end >= size)  # a free dim: INT64_MAX
+            whole = start in (None, 0) and step == 1 and to_the_end
             if not whole:  # torch.export writes x[:, 0] as a slice of all of dim 0, then a select
                 form = build.slice(form, layout.form_dim(dim), start, _END if end is None else end, step)
         return Moved(form, layout)

@@ -86,7 +86,11 @@ class Sources:
             return None
         if record.rule.name != "regroup":
             return None
-        if isinstance(out[0], int) and isinstance(inp[0], int) and out[0] != inp[0]:
+        # The batch changed size: seen in the sizes, or as a feature count that is not the input's (the
+        # batch free, as in a dynamic ONNX file or a dim that moves with it, its size unknown).
+        static = all(isinstance(s, int) for s in inp[1:])
+        if (isinstance(out[0], int) and isinstance(inp[0], int) and out[0] != inp[0]) or (
+                static and math.prod(inp[1:]) != out[1]):
             return skip(name, "folds-batch",
                         f"the flatten {view.describe(producer)} folds the batch dimension: {inp} -> {out}")
         map_, perm = self._flattened_map(record.data.value)

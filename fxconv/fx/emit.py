@@ -50,6 +50,7 @@ class FxBuilder:
     def __init__(self, gm: fx.GraphModule, view: FxView):
         self.gm, self.graph, self.view = gm, gm.graph, view
         self.meta: dict = {}
+        self.made: set[Node] = set()  # every node the rewrite made
         self.changed = False
 
     @contextlib.contextmanager
@@ -72,6 +73,7 @@ class FxBuilder:
     def _node(self, op: str, target, args: tuple, kwargs: dict | None = None, shape=None, like=None) -> Node:
         node = self.graph.create_node(op, target, args, kwargs or {})
         node.meta.update(self.meta)
+        self.made.add(node)
         meta = (like or args[0]).meta.get("tensor_meta") if isinstance(like or args[0], Node) else None
         if shape is not None and meta is not None:
             node.meta["tensor_meta"] = meta._replace(shape=torch.Size(shape))
@@ -168,7 +170,7 @@ class FxBuilder:
         w, b = self._weight_and_bias(linear, weight_steps)
         out = None
         if shape_of(x) is not None:
-            batch, out_features = shape_of(x)[0], (self.view.shape(linear.output) or (None,))[-1]
+            batch, out_features = shape_of(x)[0], (shape_of(linear.output) or (None,))[-1]
             out = (batch, out_features, *((s - k) // t + 1 for s, k, t in zip(shape_of(x)[2:], kernel, strides)))
         stride = strides if len(set(strides)) > 1 else strides[0]
         return self._node("call_function", CONVS[len(kernel)], (x, w, b, stride), shape=out, like=x)
@@ -176,7 +178,7 @@ class FxBuilder:
     def linear(self, x: Node, linear, weight_steps: list) -> Node:
         """The Linear again, on ``x``, its weight viewed by ``weight_steps`` (the columns re-laid)."""
         w, b = self._weight_and_bias(linear, weight_steps)
-        return self._node("call_function", F.linear, (x, w, b), shape=self.view.shape(linear.output), like=x)
+        return self._node("call_function", F.linear, (x, w, b), shape=shape_of(linear.output), like=x)
 
     def _weight_and_bias(self, linear, weight_steps: list) -> tuple[Node, Node | None]:
         """Views of the Linear's own parameters (no copy): the weight (out, in) re-laid by ``weight_steps``
@@ -197,6 +199,8 @@ class FxBuilder:
     def replace(self, old: Node, new: Node) -> None:
         """Erase ``old`` for ``new``, a node computing the same tensor (which takes its recorded shape)."""
         new.meta.setdefault("tensor_meta", old.meta.get("tensor_meta"))
+        if "batch_dims" in old.meta:  # the dims that move with the batch (fxconv.capture)
+            new.meta.setdefault("batch_dims", old.meta["batch_dims"])
         old.replace_all_uses_with(new)
         self.graph.erase_node(old)
         self.view.erased.add(old)
@@ -208,9 +212,31 @@ class FxBuilder:
     def finish(self) -> None:
         """Drop what the rewrite left unused (ways out of a layout, ``x.size(0)`` of a view, ...) and recompile."""
         if self.changed:
+            self._contiguous_before_views()
             self.graph.eliminate_dead_code()
             self.graph.lint()
             self.gm.recompile()
+
+    def _contiguous_before_views(self) -> None:
+        """A model's ``view`` of a value the rewrite made (a way out of a layout, a permute's result) views
+        a contiguous copy: the tensor it viewed was contiguous, this one may not be, and the view would
+        fail at some sizes only ("view size is not compatible", at batch 2 and not 1)."""
+        for user in list(self.graph.nodes):
+            value = user.args[0] if user.args else None
+            if value in self.made and _views(user, value) and self._permuted(value):
+                with self.graph.inserting_before(user):
+                    dense = self._method("contiguous", value, shape=shape_of(value))
+                user.replace_input_with(value, dense)
+
+    def _permuted(self, value: Node) -> bool:
+        """``value`` is a permute the rewrite made, seen through the squeezes and reshapes after it."""
+        while value in self.made and value.op == "call_method":
+            if value.target == "permute":
+                return True
+            if value.target not in ("squeeze", "unsqueeze", "reshape", "unflatten"):
+                return False
+            value = value.args[0]
+        return False
 
     def _get_attr(self, name: str) -> Node:
         """A get_attr of a Linear's parameter; a parametrized one is a property, which fx warns of needlessly."""
@@ -219,6 +245,16 @@ class FxBuilder:
             node = self.graph.get_attr(name)
         node.meta.update(self.meta)
         return node
+
+
+_VIEWS = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default}
+
+
+def _views(user: Node, value: Node) -> bool:
+    """``user`` views ``value``'s memory as other sizes, which needs strides a permute may not give."""
+    if user.op == "call_method":
+        return user.target == "view" and user.args[0] is value
+    return user.op == "call_function" and user.target in _VIEWS and user.args[0] is value
 
 
 def _dynamic(step) -> bool:

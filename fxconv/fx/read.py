@@ -95,7 +95,11 @@ class FxView:
     def shape(self, value) -> tuple | None:
         if isinstance(value, str):  # a module's parameter (a parametrized one is computed on access)
             return tuple(functools.reduce(getattr, value.split("."), self.gm).shape)
-        return shape_of(value)
+        shape = shape_of(value)
+        moved = value.meta.get("batch_dims", ()) if shape is not None else ()
+        # A dim that changes with the batch is free (None), as an ONNX file's dynamic dims are: what reads
+        # it as a fixed size (a head's map, a kernel) sees that it is none.
+        return tuple(None if d in moved else size for d, size in enumerate(shape)) if moved else shape
 
     def producer(self, value) -> Node | None:
         return value if isinstance(value, Node) and value.op.startswith("call_") else None
@@ -152,7 +156,7 @@ class FxView:
             params = rule.read_fx(op, context)
             if params is not None:
                 inputs = params.pop("inputs", None) or [n for n in op.all_input_nodes if self._is_tensor(n)]
-                return Op(rule, op, tuple(self._input(v) for v in inputs), shape_of(op), params)
+                return Op(rule, op, tuple(self._input(v) for v in inputs), self.shape(op), params)
         return None
 
     def _is_tensor(self, node: Node) -> bool:
