@@ -123,7 +123,7 @@ def convert(
     captured = capture_graph(model, inputs, capture, inplace=inplace)
     for warning in slower:
         warnings.warn(warning, FxconvWarning, stacklevel=2)
-    report = Report(method, scope, layout, dense, captured.how, captured.note, target)
+    report = Report(method, scope, layout, dense, captured.how, captured.note, target, captured.fixed_batch)
     report.skipped += [
         skip(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
         for name, where in captured.hidden

@@ -43,6 +43,19 @@ def eval_mode(module: nn.Module):
             m.training = training
 
 
+@contextlib.contextmanager
+def buffers_kept(module: nn.Module):
+    """Run ``module`` for the duration with its buffers given back as they were after: fxconv's own runs
+    (recording shapes, comparing outputs) must not step a KV cache or a counter the forward updates."""
+    saved = [(b, b.clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, was in saved:
+                b.copy_(was)
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (torch's errors run to pages, some in colour)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()

@@ -40,12 +40,12 @@ from torch.fx import Node
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves
 
-from ._util import batch_of_two, eval_mode, first_line
+from ._util import batch_of_two, buffers_kept, eval_mode, first_line
 from .errors import ExampleInputError, InvalidArgumentError, TraceError
 from .fx.nodes import module_path
 from .options import CAPTURES
 
-__all__ = ["Captured", "capture", "export_again", "node_place", "record_shapes"]
+__all__ = ["Captured", "capture", "export_again", "fixed_batch", "node_place", "record_shapes"]
 
 _TORCH_AND_FXCONV = tuple(str(Path(p).resolve()) for p in (torch.__path__[0], Path(__file__).parent))
 _STDLIB = str(Path(sysconfig.get_path("stdlib")).resolve())
@@ -67,6 +67,7 @@ class Captured:
     note: str = ""  # why the first choice was not used, for the report
     program: ExportedProgram | None = None  # the ExportedProgram given, whose result is exported again
     hidden: list[tuple[str, str]] = field(default_factory=list)  # (Linear, the call that hides it), see hidden_linears
+    fixed_batch: int | None = None  # the one batch a static capture runs at
 
 
 def capture(model, inputs: tuple[torch.Tensor, ...], how: str = "auto", *, inplace: bool = False) -> Captured:
@@ -75,7 +76,8 @@ def capture(model, inputs: tuple[torch.Tensor, ...], how: str = "auto", *, inpla
         raise InvalidArgumentError(f"unknown capture {how!r}: choose one of {', '.join(CAPTURES)}")
     if isinstance(model, ExportedProgram):
         gm = model.module()
-        captured = Captured(gm if inplace else _copy(gm), "ExportedProgram", program=model)
+        captured = Captured(gm if inplace else _copy(gm), "ExportedProgram", program=model,
+                            fixed_batch=fixed_batch(model))
     elif not isinstance(model, nn.Module):
         raise InvalidArgumentError(
             f"model must be a torch.nn.Module, a GraphModule or an ExportedProgram, got {type(model).__name__}"
@@ -83,7 +85,7 @@ def capture(model, inputs: tuple[torch.Tensor, ...], how: str = "auto", *, inpla
     else:
         model = model if inplace else _copy(model)
         if isinstance(model, fx.GraphModule):
-            captured = Captured(model, "GraphModule")
+            captured = Captured(model, "GraphModule", fixed_batch=fixed_batch(model))
         else:
             return _capture_module(model, inputs, how)
     record_shapes(captured.gm, inputs)
@@ -96,10 +98,11 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
     note, traced = "", None
     if how != "export":
         try:
-            gm = _symbolic_trace(model, len(inputs))
-            if any(n.op == "placeholder" and n.target.startswith("*") for n in gm.graph.nodes):
-                raise TraceError(f"symbolic_trace takes the *args of {type(model).__name__}.forward as one input")
-            outputs = record_shapes(gm, inputs)
+            with buffers_kept(model):  # tracing, and the graph, may update the model's tensors in place
+                gm = _symbolic_trace(model, len(inputs))
+                if any(n.op == "placeholder" and n.target.startswith("*") for n in gm.graph.nodes):
+                    raise TraceError(f"symbolic_trace takes the *args of {type(model).__name__}.forward as one input")
+                outputs = record_shapes(gm, inputs)
             traced = Captured(gm, "symbolic_trace", hidden=hidden_linears(gm, model))
             if not _same(outputs, _run(model, inputs)):
                 note = "symbolic_trace's graph gives other outputs than the model (hooks on a traced-through module?)"
@@ -114,7 +117,7 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
         if how == "fx":
             raise TraceError(f"capture='fx': {note}")
     try:
-        program = _export(model, inputs)
+        program, fixed = _export(model, inputs)
     except Exception as e:
         if traced is not None and traced.hidden:
             return traced
@@ -133,7 +136,20 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
         ) from e
     gm = program.module()
     record_shapes(gm, inputs)
-    return Captured(gm, "torch.export", note)
+    return Captured(gm, "torch.export", "; ".join(filter(None, (fixed, note))), fixed_batch=fixed_batch(gm))
+
+
+def fixed_batch(module) -> int | None:
+    """The one batch a graph of torch.export's runs at (a static capture), or None if it runs at any."""
+    users = None
+    if isinstance(module, ExportedProgram):
+        module, users = module.graph_module, set(module.graph_signature.user_inputs)  # not the lifted weights
+    if not isinstance(module, fx.GraphModule):
+        return None
+    values = [n.meta.get("val") for n in module.graph.nodes
+              if n.op == "placeholder" and (users is None or n.name in users)]  # fmt: skip
+    sizes = {v.shape[0] for v in values if isinstance(v, torch.Tensor) and v.dim()}
+    return sizes.pop() if len(sizes) == 1 and isinstance(next(iter(sizes)), int) else None
 
 
 def hidden_linears(gm: fx.GraphModule, model: nn.Module | None = None) -> list[tuple[str, str]]:
@@ -208,12 +224,28 @@ def _defaults_after(model: nn.Module, given: int) -> dict:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and isinstance(p.default, plain)}  # fmt: skip
 
 
-def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> ExportedProgram:
-    """torch.export with a dynamic batch (examples of batch 1 doubled: export specialises a batch of 1)."""
+def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[ExportedProgram, str]:
+    """torch.export with a dynamic batch (examples of batch 1 doubled: export specialises a batch of 1);
+    where that cannot be had, static at the example's own batch, with a note that says so.
+
+    Static is what a decode step over a fixed-size KV cache, or a model whose export specialises the
+    batch, can be: its graph runs at that batch only, and never at one the user did not give.
+    """
     examples = tuple(batch_of_two(t) for t in inputs)
-    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+    # buffers_kept: a failed export can leave a forward's in-place updates behind, and the next one
+    # would capture them as the buffers' values.
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), buffers_kept(model):
         warnings.simplefilter("ignore")
-        return torch.export.export(model, examples, dynamic_shapes=_batch_dynamic(model, examples))
+        try:
+            return torch.export.export(model, examples, dynamic_shapes=_batch_dynamic(model, examples)), ""
+        except Exception as e:
+            dynamic = e
+            try:
+                program = torch.export.export(model, inputs)
+            except Exception:
+                raise dynamic from None  # not a matter of the batch: the dynamic capture's error says why
+    batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim()), None)
+    return program, f"fixed to batch {batch}: a dynamic batch could not be captured ({first_line(dynamic)})"
 
 
 def _batch_dynamic(model: nn.Module, examples: tuple) -> tuple | dict:
@@ -259,7 +291,7 @@ def _copy(model: nn.Module) -> nn.Module:
 
 def _run(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
     """The model's outputs on ``inputs``, in eval mode, leaving its state and the RNG as they were."""
-    with torch.no_grad(), eval_mode(model), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), eval_mode(model), buffers_kept(model), torch.random.fork_rng(devices=[]):
         return model(*inputs)
 
 
@@ -323,7 +355,7 @@ def record_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]):
         raise ExampleInputError(f"the model takes {len(placeholders)} inputs, {len(inputs)} were given")
     # Eval mode so that BatchNorm running statistics are not updated by this extra run; the shapes are
     # the same in both modes. fork_rng so that dropout here does not shift the user's random stream.
-    with torch.no_grad(), eval_mode(gm), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), eval_mode(gm), buffers_kept(gm), torch.random.fork_rng(devices=[]):
         outputs = _ShapeRecorder(gm).run(*inputs)
         _record_batch_dims(gm, inputs)
     return outputs

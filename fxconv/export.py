@@ -32,6 +32,7 @@ from torch.export import ExportedProgram
 from ._opset import lower_opset
 from ._tidy import tidy
 from ._util import as_tuple, batch_of_two, eval_mode, first_line
+from .capture import fixed_batch
 from .errors import InvalidArgumentError, OnnxError
 
 __all__ = ["OPSETS", "export_onnx"]
@@ -56,14 +57,15 @@ def export_onnx(
 ) -> Path:
     """Export ``module`` (in eval mode) to ONNX at ``path``; return the path.
 
-    ``batch=None`` leaves the batch dimension of every input free (named ``batch``); an int fixes it
-    (the example's rows are repeated or cut to that size). With ``dynamic_spatial=True`` the spatial
-    dims are free too (``dim2``, ``dim3``, ...: for dense models). An ``ExportedProgram`` is exported
-    dynamic where it is, unless ``batch`` is given. ``opset`` is any of :data:`OPSETS` (default: the
-    exporter's own, 20 in torch 2.9+). Inputs are named ``input`` and outputs ``output`` (``input_0``,
-    ``input_1``, ... when there are several) unless named here. Models under 2 GB are one self-contained
-    file; larger ones keep their weights in ``<path>.data`` beside it. An existing file at ``path`` is
-    replaced only once the new one is complete.
+    ``batch=None`` leaves the batch dimension of every input free (named ``batch``) — except for a graph
+    torch.export captured at one batch (fxconv's static capture, a plain ``torch.export.export``), which is
+    exported at that batch; an int fixes it (the example's rows are repeated or cut to that size). With
+    ``dynamic_spatial=True`` the spatial dims are free too (``dim2``, ``dim3``, ...: for dense models). An
+    ``ExportedProgram`` is exported dynamic where it is, unless ``batch`` is given. ``opset`` is any of
+    :data:`OPSETS` (default: the exporter's own, 20 in torch 2.9+). Inputs are named ``input`` and outputs
+    ``output`` (``input_0``, ``input_1``, ... when there are several) unless named here. Models under 2 GB
+    are one self-contained file; larger ones keep their weights in ``<path>.data`` beside it. An existing
+    file at ``path`` is replaced only once the new one is complete.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -75,6 +77,8 @@ def export_onnx(
     example = as_tuple(example_inputs)
     if input_names is not None and len(input_names) != len(example):
         raise InvalidArgumentError(f"the model takes {len(example)} inputs; input_names gives {list(input_names)}")
+    if batch is None and fixed_batch(module) is not None:  # a static capture runs at its batch only
+        batch = fixed_batch(module)
     if batch is None:
         inputs = tuple(batch_of_two(t) for t in example)
     else:

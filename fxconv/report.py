@@ -54,6 +54,7 @@ class Report:
     capture: str = ""  # how the graph was obtained: symbolic_trace, torch.export, GraphModule, ExportedProgram
     capture_note: str = ""  # why symbolic_trace was not used, where torch.export was
     target: str = "onnxruntime"  # the compiler the choices are made for (fxconv.targets)
+    fixed_batch: int | None = None  # a static capture: the result runs at this batch only (as the graph did)
     converted: list[Converted] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)  # what fxconv could not convert (strict=True refuses)
     kept: list[Skipped] = field(default_factory=list)  # what the target keeps a Linear, on purpose (code "kept")

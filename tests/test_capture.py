@@ -363,3 +363,46 @@ def test_a_forward_of_varargs_converts_through_torch_export(how, tmp_path):
     assert check.passed, check
     with pytest.raises(fxconv.TraceError, match=r"takes the \*args of VarArgs.forward as one input"):
         fxconv.convert(model, (x, y), capture="fx")
+
+
+class DecodeStep(nn.Module):
+    """A decode step over a fixed-size KV cache: each call writes one token's key at ``pos`` (in place,
+    as Hugging Face's StaticCache does with index_copy_) and attends over the cache — batch 1 only."""
+
+    def __init__(self, width: int = 8, length: int = 4):
+        super().__init__()
+        self.key, self.out = nn.Linear(width, width), nn.Linear(width, width)
+        self.register_buffer("cache", torch.zeros(1, length, width))
+        self.register_buffer("pos", torch.zeros(1, dtype=torch.long))
+
+    def forward(self, x):  # (1, 1, width)
+        self.cache.index_copy_(1, self.pos, self.key(x))
+        self.pos.add_(1)
+        return self.out(self.cache.sum(1, keepdim=True) + x)
+
+
+def test_a_graph_that_only_exists_at_one_batch_is_captured_static_and_keeps_updating_its_cache():
+    torch.manual_seed(0)
+    model, reference = DecodeStep().eval(), DecodeStep().eval()
+    reference.load_state_dict(model.state_dict())
+    module, report = fxconv.convert(model, torch.randn(1, 1, 8), scope="all", strict=True)
+    assert report.capture == "torch.export" and report.fixed_batch == 1
+    assert "fixed to batch 1: a dynamic batch could not be captured" in report.capture_note
+    assert int(model.pos) == 0 and int(module.pos) == 0  # fxconv's own runs left both caches as they were
+    for _ in range(3):  # three decode steps, each reading what the ones before wrote
+        x = torch.randn(1, 1, 8)
+        torch.testing.assert_close(module(x), reference(x))
+    assert int(module.pos) == 3
+
+
+def test_a_static_exported_program_converts_and_exports_at_its_batch(tmp_path):
+    model, x = Head().eval(), torch.randn(2, 2, 5, 5)
+    static = torch.export.export(model, (x,))
+    module, report = fxconv.convert(static.module(), x, strict=True)
+    assert report.fixed_batch == 2
+    path = fxconv.export_onnx(module, x, tmp_path / "s.onnx")  # no batch given: the one it has
+    assert fxconv.load_onnx(path).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    assert fxconv.check_onnx(path, model, x).passed
+    program, report = fxconv.convert(static, x, strict=True)
+    assert report.fixed_batch == 2 and fxconv.check_onnx(fxconv.export_onnx(program, x, tmp_path / "p.onnx"),
+                                                         model, x).passed  # fmt: skip
