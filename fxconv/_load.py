@@ -42,12 +42,8 @@ def load_model(spec: str, state_dict: Path | None, allow_pickle: bool = False) -
             raise InvalidArgumentError(f"cannot load {spec} with torch.export.load: {first_line(e)}") from e
     elif Path(spec).is_file():
         model = _pickled_model(spec, allow_pickle)
-    elif ":" in spec:
+    else:  # package.module:callable (the command line refused a spec that is none of these, before torch)
         model = _factory_model(spec)
-    else:
-        raise InvalidArgumentError(
-            f"MODEL {spec!r} is neither torchvision:NAME, timm:NAME, package.module:callable, nor an existing file"
-        )
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"{spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if state_dict is not None:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import FxconvError, InvalidArgumentError
-from .options import CAPTURES, LAYOUTS, METHODS, RUNTIMES, SCOPES, TARGETS
+from .options import CAPTURES, LAYOUTS, METHODS, OLDEST_OPSET, RUNTIMES, SCOPES, TARGETS
 
 if TYPE_CHECKING:
 
@@ -150,6 +150,7 @@ def _convert(args: argparse.Namespace) -> int:
     _check_distinct(args)
     for path in filter(None, (args.output, args.report)):
         _check_writable(path, args.force)
+    _check_before_torch(args)
     if args.output.suffix.lower() != ".onnx":
         print(f"fxconv: warning: -o {args.output} does not end in .onnx; it is written as an ONNX file all the same",
               file=sys.stderr)
@@ -233,10 +234,8 @@ def _from_pytorch(args: argparse.Namespace, timings: dict[str, float]) -> _Sourc
     from ._convert import convert
     from ._load import load_model, model_dtype
     from .check import runtime_refusal
-    from .export import OPSETS, export_onnx
+    from .export import export_onnx
 
-    if args.opset is not None and args.opset not in OPSETS:
-        raise InvalidArgumentError(f"--opset {args.opset}: fxconv writes opsets {OPSETS[0]} to {OPSETS[-1]}")
     with _step("loading the model", timings, "load"):
         model = load_model(args.model, args.state_dict, args.allow_pickle)
         dtype = model_dtype(model)
@@ -260,14 +259,6 @@ def _from_pytorch(args: argparse.Namespace, timings: dict[str, float]) -> _Sourc
 
 def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
     """Convert an ONNX file (never modified; ``write`` saves the result)."""
-    given = {"--batch": args.batch, "--opset": args.opset, "--dense": args.dense, "--approximate": args.approximate,
-             "--state-dict": args.state_dict, "--allow-pickle": args.allow_pickle,
-             "--capture": args.capture != "auto"}
-    wrong = [option for option, value in given.items() if value]
-    if wrong:
-        raise InvalidArgumentError(
-            f"{', '.join(wrong)}: not for an ONNX input, whose batch, opset and graph the conversion keeps"
-        )
     import onnx
 
     from .check import load_onnx
@@ -303,6 +294,32 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     if len(shape) < 2 or min(shape) < 1:
         raise InvalidArgumentError(f"--input-shape {text!r} is not a shape like 1,3,224,224")
     return shape
+
+
+def _check_before_torch(args: argparse.Namespace) -> None:
+    """Refuse what can be refused before torch is imported (seconds, far more on a loaded machine): a
+    shape that is none, an opset fxconv does not write, a model file that is not there, and options an
+    ONNX input does not take."""
+    if args.input_shape is not None:
+        _parse_shape(args.input_shape)
+    if ":" not in args.model and not Path(args.model).is_file():
+        raise InvalidArgumentError(f"MODEL {args.model!r} is neither torchvision:NAME, timm:NAME, "
+                                   "package.module:callable, nor an existing file")
+    if args.model.lower().endswith(".onnx"):
+        given = {"--batch": args.batch, "--opset": args.opset, "--dense": args.dense,
+                 "--approximate": args.approximate, "--state-dict": args.state_dict,
+                 "--allow-pickle": args.allow_pickle, "--capture": args.capture != "auto"}  # fmt: skip
+        wrong = [option for option, value in given.items() if value]
+        if wrong:
+            raise InvalidArgumentError(
+                f"{', '.join(wrong)}: not for an ONNX input, whose batch, opset and graph the conversion keeps"
+            )
+    elif args.opset is not None:
+        import onnx  # the opsets fxconv writes: OLDEST_OPSET to this onnx's newest (fxconv.export.OPSETS)
+
+        newest = onnx.defs.onnx_opset_version()
+        if not OLDEST_OPSET <= args.opset <= newest:
+            raise InvalidArgumentError(f"--opset {args.opset}: fxconv writes opsets {OLDEST_OPSET} to {newest}")
 
 
 def _check_distinct(args: argparse.Namespace) -> None:

@@ -34,6 +34,7 @@ from ._tidy import tidy
 from ._util import as_tuple, batch_of_two, eval_mode, first_line
 from .capture import fixed_batch
 from .errors import InvalidArgumentError, OnnxError
+from .options import OLDEST_OPSET
 
 __all__ = ["OPSETS", "export_onnx"]
 
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _PROTOBUF_LIMIT = 2 * 1024**3  # one-file ONNX models must stay under protobuf's 2 GB
 _EXPORTER_OPSET = 18  # the lowest opset torch.onnx's exporter writes itself
-OPSETS = range(13, onnx.defs.onnx_opset_version() + 1)
+OPSETS = range(OLDEST_OPSET, onnx.defs.onnx_opset_version() + 1)
 
 
 def export_onnx(

@@ -7,3 +7,4 @@ CAPTURES = ("auto", "fx", "export")  # symbolic_trace, torch.export, or the firs
 RUNTIMES = ("onnxruntime", "openvino")  # what check_onnx runs a file in
 SCOPES = ("heads", "all")  # which Linears convert: those fed by a flattened map, or every one
 TARGETS = ("onnxruntime", "ethos-u", "coreml")  # the compiler the choices are made for (fxconv.targets)
+OLDEST_OPSET = 13  # the oldest ONNX opset fxconv writes (fxconv.export.OPSETS: to the installed onnx's newest)

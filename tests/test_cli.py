@@ -126,6 +126,28 @@ def test_help_answers_without_importing_torch(workdir):
     assert "Linear layers as the convolutions they are" in top.stdout and "fxconv convert torchvision:" in top.stdout
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["nets:make", "--opset", "12"], "--opset 12: fxconv writes opsets 13 to"),
+        (["nets:make", "--input-shape", "0,3,16,16"], "is not a shape"),
+        (["missing.pt2"], "MODEL 'missing.pt2' is neither torchvision:NAME"),
+        (["m.onnx", "--batch", "1"], "--batch: not for an ONNX input"),
+    ],
+    ids=["opset", "shape", "missing-file", "onnx-batch"],
+)
+def test_what_can_be_refused_before_torch_is_imported_is(workdir, args, message):
+    (workdir / "m.onnx").write_bytes(b"not read: refused first")
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['fxconv', 'convert', *{args!r}, '-o', 'out.onnx']\n"
+        "try:\n    runpy.run_module('fxconv', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+        "print(code, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
+    assert result.stdout.strip() == "2 False" and message in result.stderr, (result.stdout, result.stderr)
+
+
 def test_a_runtime_that_is_not_installed_is_refused_before_any_work(workdir, monkeypatch, capsys):
     from fxconv import cli
 
