@@ -113,15 +113,21 @@ def test_an_npu_file_static_batch_older_opset_checked_in_openvino(workdir):
     assert json.loads((workdir / "a.json").read_text())["onnx"]["batch"] == 1
 
 
-def test_help_answers_without_importing_torch(workdir):
+def fxconv_cli_counting_torch(*args: str, cwd) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the command line in a fresh interpreter; also say its exit code and whether torch got imported."""
     code = (
         "import runpy, sys\n"
-        "sys.argv = ['fxconv', 'convert', '--help']\n"
+        f"sys.argv = ['fxconv', *{list(args)!r}]\n"
         "try:\n    runpy.run_module('fxconv', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
         "print(code, 'torch' in sys.modules)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
-    assert "--opset N" in result.stdout and result.stdout.strip().endswith("0 False"), result.stdout
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
+    return result, result.stdout.strip().splitlines()[-1]
+
+
+def test_help_answers_without_importing_torch(workdir):
+    result, ending = fxconv_cli_counting_torch("convert", "--help", cwd=workdir)
+    assert "--opset N" in result.stdout and ending == "0 False", result.stdout
     top = subprocess.run([sys.executable, "-m", "fxconv", "--help"], capture_output=True, text=True, cwd=workdir)
     assert "Linear layers as the convolutions they are" in top.stdout and "fxconv convert torchvision:" in top.stdout
 
@@ -138,14 +144,8 @@ def test_help_answers_without_importing_torch(workdir):
 )
 def test_what_can_be_refused_before_torch_is_imported_is(workdir, args, message):
     (workdir / "m.onnx").write_bytes(b"not read: refused first")
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = ['fxconv', 'convert', *{args!r}, '-o', 'out.onnx']\n"
-        "try:\n    runpy.run_module('fxconv', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-        "print(code, 'torch' in sys.modules)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=workdir)
-    assert result.stdout.strip() == "2 False" and message in result.stderr, (result.stdout, result.stderr)
+    result, ending = fxconv_cli_counting_torch("convert", *args, "-o", "out.onnx", cwd=workdir)
+    assert ending == "2 False" and message in result.stderr, (result.stdout, result.stderr)
 
 
 def test_a_runtime_that_is_not_installed_is_refused_before_any_work(workdir, monkeypatch, capsys):
