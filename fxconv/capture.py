@@ -148,8 +148,9 @@ def fixed_batch(module) -> int | None:
         return None
     values = [n.meta.get("val") for n in module.graph.nodes
               if n.op == "placeholder" and (users is None or n.name in users)]  # fmt: skip
-    sizes = {v.shape[0] for v in values if isinstance(v, torch.Tensor) and v.dim()}
-    return sizes.pop() if len(sizes) == 1 and isinstance(next(iter(sizes)), int) else None
+    sizes = [v.shape[0] for v in values if isinstance(v, torch.Tensor) and v.dim()]
+    static = sizes and all(isinstance(size, int) for size in sizes) and len(set(sizes)) == 1  # a SymInt: dynamic
+    return sizes[0] if static else None
 
 
 def hidden_linears(gm: fx.GraphModule, model: nn.Module | None = None) -> list[tuple[str, str]]:
