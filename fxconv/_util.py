@@ -53,7 +53,7 @@ def buffers_kept(module: nn.Module):
     finally:
         with torch.no_grad():
             for b, was in saved:
-                b.copy_(was)
+                b.resize_(was.shape).copy_(was)  # resized too: an observer's empty min/max grows on its first run
 
 
 def first_line(e: BaseException) -> str:
