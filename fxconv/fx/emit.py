@@ -223,7 +223,7 @@ class FxBuilder:
         fail at some sizes only ("view size is not compatible", at batch 2 and not 1)."""
         for user in list(self.graph.nodes):
             value = user.args[0] if user.args else None
-            if value in self.made and _views(user, value) and self._permuted(value):
+            if _views(user) and self._permuted(value):
                 with self.graph.inserting_before(user):
                     dense = self._method("contiguous", value, shape=shape_of(value))
                 user.replace_input_with(value, dense)
@@ -250,11 +250,11 @@ class FxBuilder:
 _VIEWS = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default}
 
 
-def _views(user: Node, value: Node) -> bool:
-    """``user`` views ``value``'s memory as other sizes, which needs strides a permute may not give."""
+def _views(user: Node) -> bool:
+    """``user`` views its first argument's memory as other sizes, which needs strides a permute may not give."""
     if user.op == "call_method":
-        return user.target == "view" and user.args[0] is value
-    return user.op == "call_function" and user.target in _VIEWS and user.args[0] is value
+        return user.target == "view"
+    return user.op == "call_function" and user.target in _VIEWS
 
 
 def _dynamic(step) -> bool:
