@@ -47,8 +47,8 @@ import torchvision
 from torch import nn
 
 import fxconv
-from fxconv._util import versions
 from fxconv.check import open_session
+from fxconv.report import versions
 
 import peers
 

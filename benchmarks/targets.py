@@ -23,8 +23,9 @@ import torchvision
 from torch import nn
 
 import fxconv
-from fxconv._util import first_line, versions
 from fxconv.compilers import ETHOS_U, coreml_ops, ethos_u
+from fxconv.errors import first_line
+from fxconv.report import versions
 
 import peers
 

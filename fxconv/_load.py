@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,17 +21,22 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 
-from ._util import first_line
-from .errors import InvalidArgumentError
+from ._util import quiet
+from .errors import InvalidArgumentError, first_line
+
+_PYTREE = logging.getLogger("torch.utils._pytree")  # torchao (transformers imports it as a model is built) warns there
 
 
 def load_model(spec: str, state_dict: Path | None, allow_pickle: bool = False) -> nn.Module | ExportedProgram:
     """The model a MODEL argument names (in eval mode), with ``state_dict`` loaded into it if given."""
     if os.getcwd() not in sys.path:  # modules and pickled classes import from where the user stands
         sys.path.insert(0, os.getcwd())
-    library, _, name = spec.partition(":")
-    if library in _LIBRARIES and name:
-        model = _LIBRARIES[library](name)
+    library, _, expression = spec.partition(":")
+    if library in _LIBRARIES and expression:
+        name, paren, call = expression.partition("(")  # a zoo's names hold dashes and dots: not Python
+        _, args, kwargs = _parse_call(f"f({call}", spec) if paren else (None, [], {})
+        with quiet(_PYTREE):
+            model = _LIBRARIES[library](name.strip(), args, kwargs, spec)
     elif Path(spec).is_file() and spec.endswith(".pt2"):
         if state_dict is not None:
             raise InvalidArgumentError(
@@ -47,14 +53,46 @@ def load_model(spec: str, state_dict: Path | None, allow_pickle: bool = False) -
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"{spec} gave a {type(model).__name__}, not a torch.nn.Module")
     if state_dict is not None:
-        try:
-            weights = torch.load(state_dict, map_location="cpu", weights_only=True)
-            if isinstance(weights, dict) and isinstance(weights.get("state_dict"), dict):
-                weights = weights["state_dict"]  # a training checkpoint: {"state_dict": ..., "epoch": ...}
-            model.load_state_dict(weights)
-        except Exception as e:
-            raise InvalidArgumentError(f"cannot load --state-dict {state_dict}: {e}") from e
+        _load_weights(model, state_dict, spec)
     return model.eval()
+
+
+def _load_weights(model: nn.Module, path: Path, spec: str) -> None:
+    """Load a state dict (or a training checkpoint's) into ``model``; one that does not fit is refused
+    with a summary: how many keys are missing and unexpected, the first of each and of the shapes that
+    differ (PyTorch's own message lists every key, kilobytes on one line)."""
+    try:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InvalidArgumentError(f"cannot load --state-dict {path}: {first_line(e)}") from e
+    if isinstance(weights, dict) and isinstance(weights.get("state_dict"), dict):
+        weights = weights["state_dict"]  # a training checkpoint: {"state_dict": ..., "epoch": ...}
+    if not isinstance(weights, dict):
+        raise InvalidArgumentError(f"--state-dict {path} holds a {type(weights).__name__}, not a state dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    differ = [f"{k} {tuple(weights[k].shape)} in the file, {tuple(own[k].shape)} in the model" for k in own
+              if k in weights and isinstance(weights[k], torch.Tensor) and weights[k].shape != own[k].shape]
+    problems = [_some(len(keys), what, keys) for keys, what in
+                ((missing, "missing"), (unexpected, "unexpected"), (differ, "of another shape")) if keys]
+    if problems:
+        prefixed = unexpected and all(k.startswith("module.") for k in unexpected)
+        hint = " (saved from a DataParallel wrapper: strip the 'module.' prefix)" if prefixed else ""
+        raise InvalidArgumentError(
+            f"--state-dict {path} does not fit {spec}: {'; '.join(problems)}{hint}. Is this the model these "
+            "weights belong to?"
+        )
+    try:
+        model.load_state_dict(weights)
+    except Exception as e:
+        raise InvalidArgumentError(f"cannot load --state-dict {path}: {first_line(e)}") from e
+
+
+def _some(count: int, what: str, items: list[str], shown: int = 3) -> str:
+    """'12 keys missing: a, b, c, ...'."""
+    more = f" and {count - shown} more" if count > shown else ""
+    return f"{count} key{'s' * (count != 1)} {what}: {', '.join(items[:shown])}{more}"
 
 
 def _pickled_model(spec: str, allow_pickle: bool) -> nn.Module:
@@ -79,31 +117,101 @@ def _pickled_model(spec: str, allow_pickle: bool) -> nn.Module:
         raise InvalidArgumentError(f"cannot load {spec} with torch.load: {first_line(e)}") from e
 
 
-def _torchvision_model(name: str) -> nn.Module:
+def _torchvision_model(name: str, args: list, kwargs: dict, spec: str) -> nn.Module:
+    """``torchvision:resnet18``, ``torchvision:resnet18(num_classes=10)``: random weights."""
     try:
         import torchvision
     except ImportError as e:
         raise InvalidArgumentError("torchvision is not installed: pip install 'fxconv[vision]'") from e
+    _keywords_only(args, spec)
     names = torchvision.models.list_models(module=torchvision.models)
     if name not in names:
         raise InvalidArgumentError(f"unknown torchvision model {name!r}{_did_you_mean(name, names)} "
                                    "(torchvision.models.list_models() lists its classification models)")
-    return torchvision.models.get_model(name, weights=None)
+    return _called(torchvision.models.get_model, spec, name, weights=None, **kwargs)
 
 
-def _timm_model(name: str) -> nn.Module:
+def _timm_model(name: str, args: list, kwargs: dict, spec: str) -> nn.Module:
+    """``timm:vit_small_patch16_224``, ``timm:resnet18(num_classes=10)``: random weights."""
     try:
         import timm
     except ImportError as e:
         raise InvalidArgumentError("timm is not installed: pip install 'fxconv[timm]'") from e
+    _keywords_only(args, spec)
     if not timm.is_model(name):
         raise InvalidArgumentError(
             f"unknown timm model {name!r}{_did_you_mean(name, timm.list_models())} (timm.list_models() lists them)"
         )
-    return timm.create_model(name, pretrained=False)
+    return _called(timm.create_model, spec, name, pretrained=False, **kwargs)
 
 
-_LIBRARIES = {"torchvision": _torchvision_model, "timm": _timm_model}
+def _transformers_model(name: str, args: list, kwargs: dict, spec: str) -> nn.Module:
+    """A Hugging Face model, random weights from its config: ``transformers:BertModel`` (the default
+    config), ``transformers:BertModel(num_hidden_layers=2, hidden_size=128)`` (keyword literals set the
+    config's fields; a field the config lacks is refused, not silently kept), ``transformers:BertModel(
+    'config.json')`` (a config file or a folder holding one, fields after it override it), and
+    ``transformers:AutoModel('config.json')`` for any model type. Anything else is called as written:
+    ``transformers:BertModel.from_pretrained('bert-base-uncased')`` loads trained weights from the hub
+    cache."""
+    try:
+        import transformers
+    except ImportError as e:
+        raise InvalidArgumentError("transformers is not installed: pip install 'fxconv[transformers]'") from e
+    path = name.split(".")
+    if not hasattr(transformers, path[0]):
+        models = [n for n in dir(transformers) if n.endswith(("Model", "LMHeadModel")) or "For" in n]
+        raise InvalidArgumentError(f"transformers has no {path[0]!r}{_did_you_mean(path[0], models)}")
+    target = _attribute(transformers, path, "transformers")
+    auto = len(path) == 1 and hasattr(target, "from_config") and path[0].startswith("Auto")
+    model_class = len(path) == 1 and isinstance(target, type) and issubclass(target, transformers.PreTrainedModel)
+    if not (auto or model_class):
+        return _called(target, spec, *args, **kwargs)
+    if len(args) > 1 or (args and not isinstance(args[0], str)) or (auto and not args):
+        raise InvalidArgumentError(
+            f"MODEL {spec!r}: a Hugging Face model takes one config file (a path to config.json or its folder) "
+            "and config fields as keywords, e.g. transformers:BertModel(num_hidden_layers=2) or "
+            "transformers:AutoModel('config.json')"
+        )
+    config_class = transformers.AutoConfig if auto else target.config_class
+    if args and not Path(args[0]).exists():
+        raise InvalidArgumentError(
+            f"MODEL {spec!r}: no config file {args[0]!r} (a config.json or a folder holding one)"
+        )
+    base = _called(config_class.from_pretrained, spec, args[0]) if args else config_class()
+    unknown = [k for k in kwargs if not hasattr(base, k)]
+    if unknown:
+        close = _did_you_mean(unknown[0], list(base.to_dict()))
+        raise InvalidArgumentError(f"{type(base).__name__} has no field {unknown[0]!r}{close}")
+    for key, value in kwargs.items():
+        setattr(base, key, value)
+    return _called(target.from_config if auto else target, spec, base)
+
+
+_LIBRARIES = {"torchvision": _torchvision_model, "timm": _timm_model, "transformers": _transformers_model}
+
+
+def _keywords_only(args: list, spec: str) -> None:
+    if args:
+        raise InvalidArgumentError(
+            f"MODEL {spec!r}: a zoo model is a name with keyword arguments, e.g. torchvision:resnet18(num_classes=10)"
+        )
+
+
+def _called(function, spec: str, *args, **kwargs):
+    """``function(*args, **kwargs)``, a failure as one line naming the MODEL."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as e:
+        raise InvalidArgumentError(f"{spec} failed: {type(e).__name__}: {first_line(e)}") from e
+
+
+def _attribute(root, path: list[str], owner: str):
+    """``root.a.b`` for path ["a", "b"]; an unknown name is refused naming it and its ``owner``."""
+    for i, attr in enumerate(path):
+        if not hasattr(root, attr):
+            raise InvalidArgumentError(f"{owner} has no {'.'.join(path[: i + 1])!r}")
+        root = getattr(root, attr)
+    return root
 
 
 def _factory_model(spec: str) -> nn.Module:
@@ -118,17 +226,10 @@ def _factory_model(spec: str) -> nn.Module:
         raise InvalidArgumentError(f"cannot import {module_name!r}: syntax error in {where}: {e.msg}") from e
     except ImportError as e:
         raise InvalidArgumentError(f"cannot import {module_name!r}: {e}") from e
-    for i, attr in enumerate(path):
-        if not hasattr(target, attr):
-            raise InvalidArgumentError(f"module {module_name!r} has no {'.'.join(path[: i + 1])!r}")
-        target = getattr(target, attr)
+    target = _attribute(target, path, f"module {module_name!r}")
     if isinstance(target, nn.Module) and not (args or kwargs):
         return target
-    try:
-        return target(*args, **kwargs)
-    except Exception as e:
-        call = spec if "(" in expression else f"{spec}()"
-        raise InvalidArgumentError(f"{call} failed: {type(e).__name__}: {e}") from e
+    return _called(target, spec if "(" in expression else f"{spec}()", *args, **kwargs)
 
 
 def _parse_call(expression: str, spec: str) -> tuple[list[str], list, dict]:
@@ -152,6 +253,33 @@ def _parse_call(expression: str, spec: str) -> tuple[list[str], list, dict]:
             f"MODEL {spec!r}: after the ':' write a name, dotted names, or a call with literal arguments, "
             "e.g. models:make_net, pkg.nets:Net.from_name('b0'), pkg.nets:Net(depth=18)"
         ) from e
+
+
+DEFAULT_SHAPE = (1, 3, 224, 224)
+_TOKENS = 32  # a Hugging Face text model's default example: one row of 32 token ids
+
+
+def example_input(model: nn.Module | ExportedProgram, shape: tuple[int, ...] | None) -> torch.Tensor:
+    """The input a MODEL is converted and checked with: random values of ``shape`` (by default the
+    model's own: an ExportedProgram's input as exported, a Hugging Face vision model's image size from
+    its config, else 1x3x224x224) in the model's dtype — or token ids below the vocabulary size for a
+    Hugging Face model whose input is ``input_ids``."""
+    dtype = model_dtype(model)
+    if isinstance(model, ExportedProgram):
+        value = next(n.meta["val"] for n in model.graph.nodes
+                     if n.op == "placeholder" and n.name in model.graph_signature.user_inputs)
+        shape = shape or tuple(d if isinstance(d, int) else d.node.hint for d in value.shape)
+        dtype = value.dtype
+    config = getattr(model, "config", None)
+    kind = getattr(model, "main_input_name", None) if config is not None else None
+    if kind == "input_ids":
+        return torch.randint(0, config.vocab_size, shape or (1, _TOKENS))
+    if kind == "pixel_values" and shape is None and hasattr(config, "image_size"):
+        size = config.image_size if isinstance(config.image_size, (list, tuple)) else [config.image_size] * 2
+        shape = (1, getattr(config, "num_channels", 3), *size)
+    if not dtype.is_floating_point:
+        return torch.zeros(shape or DEFAULT_SHAPE, dtype=dtype)
+    return torch.randn(shape or DEFAULT_SHAPE, dtype=dtype)
 
 
 def model_dtype(model: nn.Module | ExportedProgram) -> torch.dtype:

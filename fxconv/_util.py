@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import platform
-import re
-from importlib import metadata
+import logging
 
 import torch
 from torch import nn
@@ -56,16 +54,12 @@ def buffers_kept(module: nn.Module):
                 b.resize_(was.shape).copy_(was)  # resized too: an observer's empty min/max grows on its first run
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (torch's errors run to pages, some in colour)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def versions() -> dict[str, str]:
-    """The Python, machine and library versions that a report's figures depend on."""
-    found = {"python": platform.python_version(), "machine": platform.platform()}
-    for name in ("fxconv", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "openvino"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
-    return found
+@contextlib.contextmanager
+def quiet(logger: logging.Logger):
+    """``logger``'s warnings dropped for the duration (its errors still show)."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

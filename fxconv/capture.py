@@ -40,8 +40,8 @@ from torch.fx import Node
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves
 
-from ._util import batch_of_two, buffers_kept, eval_mode, first_line
-from .errors import ExampleInputError, InvalidArgumentError, TraceError
+from ._util import batch_of_two, buffers_kept, eval_mode
+from .errors import ExampleInputError, FxconvError, InvalidArgumentError, TraceError, first_line
 from .fx.nodes import module_path
 from .options import CAPTURES
 
@@ -76,8 +76,9 @@ def capture(model, inputs: tuple[torch.Tensor, ...], how: str = "auto", *, inpla
         raise InvalidArgumentError(f"unknown capture {how!r}: choose one of {', '.join(CAPTURES)}")
     if isinstance(model, ExportedProgram):
         gm = model.module()
-        captured = Captured(gm if inplace else _copy(gm), "ExportedProgram", program=model,
-                            fixed_batch=fixed_batch(model))
+        batch = fixed_batch(model)
+        captured = Captured(gm if inplace else _copy(gm), "ExportedProgram", _given_static(batch), program=model,
+                            fixed_batch=batch)
     elif not isinstance(model, nn.Module):
         raise InvalidArgumentError(
             f"model must be a torch.nn.Module, a GraphModule or an ExportedProgram, got {type(model).__name__}"
@@ -85,12 +86,17 @@ def capture(model, inputs: tuple[torch.Tensor, ...], how: str = "auto", *, inpla
     else:
         model = model if inplace else _copy(model)
         if isinstance(model, fx.GraphModule):
-            captured = Captured(model, "GraphModule", fixed_batch=fixed_batch(model))
+            batch = fixed_batch(model)
+            captured = Captured(model, "GraphModule", _given_static(batch), fixed_batch=batch)
         else:
             return _capture_module(model, inputs, how)
     record_shapes(captured.gm, inputs)
     captured.hidden = hidden_linears(captured.gm)
     return captured
+
+
+def _given_static(batch: int | None) -> str:
+    return "" if batch is None else f"fixed to batch {batch}: the graph given is static"
 
 
 def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str) -> Captured:
@@ -102,7 +108,10 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
                 gm = _symbolic_trace(model, len(inputs))
                 if any(n.op == "placeholder" and n.target.startswith("*") for n in gm.graph.nodes):
                     raise TraceError(f"symbolic_trace takes the *args of {type(model).__name__}.forward as one input")
-                outputs = record_shapes(gm, inputs)
+                try:
+                    outputs = record_shapes(gm, inputs)
+                except ExampleInputError as e:
+                    raise _in_the_models_words(e, model, inputs) from e
             traced = Captured(gm, "symbolic_trace", hidden=hidden_linears(gm, model))
             if not _same(outputs, _run(model, inputs)):
                 note = "symbolic_trace's graph gives other outputs than the model (hooks on a traced-through module?)"
@@ -294,6 +303,22 @@ def _run(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
     """The model's outputs on ``inputs``, in eval mode, leaving its state and the RNG as they were."""
     with torch.no_grad(), eval_mode(model), buffers_kept(model), torch.random.fork_rng(devices=[]):
         return model(*inputs)
+
+
+def _in_the_models_words(error: ExampleInputError, model: nn.Module, inputs) -> FxconvError:
+    """What to raise when symbolic_trace's graph rejects the example inputs. Its messages were formatted
+    while tracing, so they hold tracer names where the sizes belong ("Input height (Proxy(getitem_2))
+    doesn't match model (224)"): the model itself, run on the inputs, says it with the sizes. If the
+    model takes the inputs, the graph is not the model (a TraceError: torch.export is tried next)."""
+    try:
+        _run(model, inputs)
+    except Exception as e:
+        if "Proxy(" not in str(error):  # the graph's own words name the place and the sizes: keep them
+            return error
+        return ExampleInputError(
+            f"the model rejects the example inputs{_where(e, model)}: {type(e).__name__}: {first_line(e)}"
+        )
+    return TraceError(f"symbolic_trace's graph rejects inputs the model takes ({error})")
 
 
 def _same(a, b) -> bool:

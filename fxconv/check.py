@@ -19,32 +19,42 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
-from torch import nn
-from torch.export import ExportedProgram
+from onnx.external_data_helper import uses_external_data
 
-from ._util import as_tuple, eval_mode, first_line
-from .errors import InvalidArgumentError, OnnxError
+from .errors import InvalidArgumentError, OnnxError, first_line
 from .options import RUNTIMES
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.export import ExportedProgram
 
 __all__ = ["OnnxCheck", "Session", "check_onnx", "load_onnx", "op_census", "open_session", "runtime_refusal",
            "tolerance"]
 
-_TOLERANCES = {torch.float16: (1e-2, 1e-3), torch.bfloat16: (5e-2, 1e-2)}  # (rtol, atol); else float32's
+_TOLERANCES = {"float16": (1e-2, 1e-3), "bfloat16": (5e-2, 1e-2)}  # (rtol, atol); else float32's
 RTOL, ATOL = 1e-4, 1e-5
 
 
-def tolerance(dtype: torch.dtype) -> tuple[float, float]:
-    """(rtol, atol) for outputs computed from inputs of ``dtype`` (see the module docstring)."""
-    return _TOLERANCES.get(dtype, (RTOL, ATOL))
+def tolerance(dtype) -> tuple[float, float]:
+    """(rtol, atol) for outputs computed from inputs of ``dtype``, a torch or NumPy dtype (see the module
+    docstring)."""
+    return _TOLERANCES.get(_dtype_name(dtype), (RTOL, ATOL))
+
+
+def _dtype_name(dtype) -> str:
+    """'float16' for torch.float16 and np.float16 alike: the ONNX path runs without torch."""
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass
@@ -76,11 +86,24 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     if not path.is_file():
         raise OnnxError(f"no ONNX file at {path}")
     try:
-        model = onnx.load(path, format="protobuf")  # whatever the name: onnx infers JSON from *.json
+        model = onnx.load(path, format="protobuf", load_external_data=False)  # protobuf whatever the name
+    except Exception as e:
+        raise OnnxError(f"{path} is not a valid ONNX model: {first_line(e)}") from e
+    data = {_data_file(t) for t in model.graph.initializer if uses_external_data(t)}
+    missing = sorted(name for name in data if not (path.parent / name).is_file())
+    if missing:
+        raise OnnxError(f"{path} keeps its weights in {', '.join(missing)}, which is not beside it (in "
+                        f"{path.resolve().parent}): copy the file's .data with it")
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise OnnxError(f"{path} is not a valid ONNX model: {first_line(e)}") from e
     return model
+
+
+def _data_file(tensor: onnx.TensorProto) -> str:
+    return next(entry.value for entry in tensor.external_data if entry.key == "location")
 
 
 def op_census(model: onnx.ModelProto) -> dict[str, int]:
@@ -116,9 +139,10 @@ def open_session(path: str | os.PathLike, runtime: str = "onnxruntime", *, threa
         raise OnnxError(f"{runtime} cannot load {path}: {first_line(e)}") from e
 
 
-def runtime_refusal(dtypes: set[torch.dtype], runtime: str) -> str | None:
-    """Why ``runtime`` cannot run a converted model computing in these dtypes, with the way out; or None."""
-    if runtime == "onnxruntime" and torch.float64 in dtypes:
+def runtime_refusal(dtypes: set, runtime: str) -> str | None:
+    """Why ``runtime`` cannot run a converted model computing in these (torch or NumPy) dtypes, with the
+    way out; or None."""
+    if runtime == "onnxruntime" and "float64" in {_dtype_name(d) for d in dtypes}:
         return (
             "onnxruntime has no float64 (double) Conv kernel, so a float64 model with convolutions cannot run "
             "there; convert a float32 copy (model.float(), float32 example inputs), or check with OpenVINO"
@@ -126,14 +150,10 @@ def runtime_refusal(dtypes: set[torch.dtype], runtime: str) -> str | None:
     return None
 
 
-def _file_dtypes(model: onnx.ModelProto) -> set[torch.dtype]:
-    """The dtypes of a model's float inputs and initializers."""
+def _file_dtypes(model: onnx.ModelProto) -> set[str]:
+    """The names of a model's input and initializer dtypes ('float32', 'int64', ...)."""
     types = [v.type.tensor_type.elem_type for v in model.graph.input] + [i.data_type for i in model.graph.initializer]
-    return {_TORCH_DTYPES[t] for t in types if t in _TORCH_DTYPES}
-
-
-_TORCH_DTYPES = {onnx.TensorProto.DOUBLE: torch.float64, onnx.TensorProto.FLOAT: torch.float32,
-                 onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16}
+    return {str(onnx.helper.tensor_dtype_to_np_dtype(t)) for t in types if t}
 
 
 def _onnxruntime(path: str, threads: int | None) -> Session:
@@ -175,7 +195,7 @@ def _openvino(path: str, threads: int | None) -> Session:
 def check_onnx(
     path: str | os.PathLike,
     reference: nn.Module | ExportedProgram | str | os.PathLike | onnx.ModelProto,
-    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    example_inputs: torch.Tensor | np.ndarray | tuple | None = None,
     *,
     runtime: str = "onnxruntime",
     batch_sizes: tuple[int, ...] | None = None,
@@ -186,33 +206,43 @@ def check_onnx(
     """Run the ONNX file in ``runtime`` and ``reference`` on the same random inputs; compare.
 
     ``reference`` is a PyTorch model (run in eval mode) or another ONNX file — a path or a ModelProto,
-    run in the same runtime (as when proving ``convert_onnx``'s output equal to its input). Without
-    ``example_inputs`` they are made from the reference file's declared input shapes and types, which
-    must be static but for the batch. ``batch_sizes`` defaults to 1 and one size larger than the
-    example's batch (the file's own batch if it is static). ``rtol``/``atol`` default to the example's
-    dtype (:func:`tolerance`). A missing, corrupt or interface-mismatched file, or one the runtime cannot
-    run (float64 convolutions in onnxruntime), raises :class:`OnnxError`; differing numbers give
-    ``passed=False``.
+    run in the same runtime (as when proving ``convert_onnx``'s output equal to its input; torch is not
+    needed then). ``example_inputs`` are tensors or NumPy arrays; without them they are made from the
+    reference file's declared input shapes and types, which must be static but for the batch.
+    ``batch_sizes`` defaults to 1 and one size larger than the example's batch (the file's own batch if
+    it is static). ``rtol``/``atol`` default to the example's dtype (:func:`tolerance`). A missing,
+    corrupt or interface-mismatched file, or one the runtime cannot run (float64 convolutions in
+    onnxruntime), raises :class:`OnnxError`; differing numbers give ``passed=False``.
     """
     with contextlib.ExitStack() as stack:
         run_reference, reference_file = _reference(reference, runtime, stack)
         if example_inputs is None:
             if reference_file is None:
                 raise InvalidArgumentError("check_onnx needs example_inputs to run a PyTorch reference model")
-            example_inputs = _declared_example(reference_file)
-        return _compare(path, run_reference, as_tuple(example_inputs), runtime, batch_sizes, rtol, atol, seed)
+            example = _declared_example(reference_file)
+        else:
+            example = _arrays(example_inputs)
+        return _compare(path, run_reference, example, runtime, batch_sizes, rtol, atol, seed)
 
 
-def _reference(reference, runtime: str, stack: contextlib.ExitStack):
-    """(a call from input tensors to output tensors, the reference's ModelProto if it is a file, else None)."""
-    if isinstance(reference, ExportedProgram):
-        reference = reference.module()
-    if isinstance(reference, nn.Module):
+def _arrays(example_inputs) -> tuple[np.ndarray, ...]:
+    """The example inputs (a tensor or array, or a tuple of them) as NumPy arrays."""
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported
+    tensor = (lambda t: isinstance(t, torch.Tensor)) if torch else (lambda t: False)
+    if not inputs or not all(isinstance(t, np.ndarray) or tensor(t) for t in inputs):
+        kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
+        raise InvalidArgumentError(f"example_inputs must be tensors or arrays, or a tuple of them, got {kinds}")
+    return tuple(t.detach().cpu().numpy() if tensor(t) else t for t in inputs)
 
-        def run_module(inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-            with torch.no_grad(), eval_mode(reference):
-                return _tensors(reference(*inputs))
 
+Run = Callable[[tuple[np.ndarray, ...]], list[np.ndarray]]
+
+
+def _reference(reference, runtime: str, stack: contextlib.ExitStack) -> tuple[Run, onnx.ModelProto | None]:
+    """(a call from input arrays to output arrays, the reference's ModelProto if it is a file, else None)."""
+    run_module = _torch_reference(reference)
+    if run_module is not None:
         return run_module, None
     if isinstance(reference, onnx.ModelProto):
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="fxconv-reference-"))
@@ -225,13 +255,32 @@ def _reference(reference, runtime: str, stack: contextlib.ExitStack):
             f"reference must be an nn.Module, an ExportedProgram or an ONNX file, not {type(reference).__name__}"
         )
     session = open_session(reference, runtime)
-    return (lambda inputs: [torch.from_numpy(a) for a in session.run([t.numpy() for t in inputs])]), model
+    return (lambda inputs: session.run(list(inputs))), model
 
 
-def _declared_example(model: onnx.ModelProto) -> tuple[torch.Tensor, ...]:
+def _torch_reference(reference) -> Run | None:
+    """A call running a PyTorch reference (in eval mode) on arrays; None if ``reference`` is none."""
+    torch = sys.modules.get("torch")  # a PyTorch model exists only where torch was imported
+    if torch is None:
+        return None
+    if isinstance(reference, torch.export.ExportedProgram):
+        reference = reference.module()
+    if not isinstance(reference, torch.nn.Module):
+        return None
+    from ._util import eval_mode
+
+    def run(inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        with torch.no_grad(), eval_mode(reference):
+            outputs = _tensors(reference(*(torch.from_numpy(a) for a in inputs)), torch)
+        return [t.detach().to(torch.float64).numpy() for t in outputs]
+
+    return run
+
+
+def _declared_example(model: onnx.ModelProto) -> tuple[np.ndarray, ...]:
     """Zeros shaped as the model's declared inputs (a free batch dim as 1); an error if other dims are free."""
     initializers = {i.name for i in model.graph.initializer}
-    tensors = []
+    arrays = []
     for value in (v for v in model.graph.input if v.name not in initializers):
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         if None in dims[1:] or not dims:
@@ -239,12 +288,12 @@ def _declared_example(model: onnx.ModelProto) -> tuple[torch.Tensor, ...]:
                 f"input {value.name!r} of the reference file has free dims {dims} beyond the batch: pass example_inputs"
             )
         dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        tensors.append(torch.from_numpy(np.zeros([dims[0] or 1, *dims[1:]], dtype)))
-    return tuple(tensors)
+        arrays.append(np.zeros([dims[0] or 1, *dims[1:]], dtype))
+    return tuple(arrays)
 
 
-def _compare(path, run_reference, example, runtime, batch_sizes, rtol, atol, seed) -> OnnxCheck:
-    floats = [t.dtype for t in example if t.is_floating_point()]
+def _compare(path, run_reference: Run, example, runtime, batch_sizes, rtol, atol, seed) -> OnnxCheck:
+    floats = [a.dtype for a in example if np.issubdtype(a.dtype, np.floating)]
     default_rtol, default_atol = max((tolerance(d) for d in floats), default=(RTOL, ATOL))
     rtol, atol = default_rtol if rtol is None else rtol, default_atol if atol is None else atol
     model = load_onnx(path)
@@ -256,17 +305,17 @@ def _compare(path, run_reference, example, runtime, batch_sizes, rtol, atol, see
     _check_interface(session, example, path)
     static = session.inputs[0][1][0]
     sizes = batch_sizes or ((static,) if isinstance(static, int) else (1, max(example[0].shape[0], 2) + 1))
-    generator = torch.Generator().manual_seed(seed)
+    generator = np.random.default_rng(seed)
     max_abs = max_rel = 0.0
     passed = True
     for n in sizes:
-        inputs = tuple(_random_like(t, n, generator) for t in example)
+        inputs = tuple(_random_like(a, n, generator) for a in example)
         want = run_reference(inputs)
-        got = session.run([t.numpy() for t in inputs])
+        got = session.run(list(inputs))
         if len(got) != len(want):
             raise OnnxError(f"{path} has {len(got)} outputs, the reference model returns {len(want)}")
         for g, w in zip(got, want):
-            w = w.to(torch.float64).numpy()
+            w = np.asarray(w, np.float64)
             if g.shape != w.shape:
                 raise OnnxError(f"{path} gives an output of shape {g.shape} where the reference gives {w.shape}")
             diff = float(np.abs(g.astype(np.float64) - w).max(initial=0.0))
@@ -278,31 +327,31 @@ def _compare(path, run_reference, example, runtime, batch_sizes, rtol, atol, see
     return OnnxCheck(passed, max_abs, max_rel, ops, tuple(sizes), rtol, atol, outputs, runtime)
 
 
-def _check_interface(session: Session, example: tuple[torch.Tensor, ...], path) -> None:
+def _check_interface(session: Session, example: tuple[np.ndarray, ...], path) -> None:
     """The file takes as many inputs as the example, of the same rank and fixed dims."""
     if len(session.inputs) != len(example):
         raise OnnxError(f"{path} takes {len(session.inputs)} inputs, the example has {len(example)}")
-    for (name, shape), t in zip(session.inputs, example):
-        fixed = all(not isinstance(d, int) or d == s for d, s in zip(shape[1:], t.shape[1:]))
-        if len(shape) != t.dim() or not fixed:
+    for (name, shape), a in zip(session.inputs, example):
+        fixed = all(not isinstance(d, int) or d == s for d, s in zip(shape[1:], a.shape[1:]))
+        if len(shape) != a.ndim or not fixed:
             raise OnnxError(
-                f"{path} expects input {name!r} of shape {shape}, the example is {tuple(t.shape)}: "
+                f"{path} expects input {name!r} of shape {shape}, the example is {tuple(a.shape)}: "
                 "the file does not belong to this reference model"
             )
 
 
-def _random_like(t: torch.Tensor, batch: int, generator: torch.Generator) -> torch.Tensor:
-    """A random tensor shaped like ``t`` with another batch size (integer inputs repeat t's rows)."""
-    shape = (batch, *t.shape[1:])
-    if t.is_floating_point():
-        return torch.randn(shape, generator=generator, dtype=t.dtype)
-    return t[torch.arange(batch) % t.shape[0]]
+def _random_like(a: np.ndarray, batch: int, generator: np.random.Generator) -> np.ndarray:
+    """A random array shaped like ``a`` with another batch size (integer inputs repeat a's rows)."""
+    shape = (batch, *a.shape[1:])
+    if np.issubdtype(a.dtype, np.floating):
+        return generator.standard_normal(shape).astype(a.dtype)
+    return a[np.arange(batch) % a.shape[0]]
 
 
-def _tensors(output) -> list[torch.Tensor]:
+def _tensors(output, torch) -> list:
     """The tensors of a model's output, in the order the exporter lays them out."""
     if isinstance(output, torch.Tensor):
         return [output]
     if isinstance(output, dict):
         output = list(output.values())
-    return [t for item in output for t in _tensors(item)]
+    return [t for item in output for t in _tensors(item, torch)]

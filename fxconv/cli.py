@@ -4,6 +4,7 @@
     fxconv convert mypkg.models:make_net --input-shape 1,3,96,96 --method 1x1 -o net.onnx --report r.json
     fxconv convert "efficientnet_pytorch:EfficientNet.from_name('efficientnet-b0')" -o b0.onnx
     fxconv convert timm:resnet18 -o r18.onnx;  fxconv convert model.pt2 -o model.onnx
+    fxconv convert "transformers:BertModel(num_hidden_layers=2)" --scope all -o bert.onnx   # random init from a config
     fxconv convert vendor_int8.onnx -o vendor_int8_conv.onnx   # an ONNX file's Gemm/MatMul Linears (float or QDQ)
     fxconv inspect resnet50.onnx
 
@@ -25,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -61,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  fxconv convert torchvision:resnet18 -o resnet18.onnx\n"
         "  fxconv convert timm:vit_small_patch16_224 --scope all -o vit.onnx\n"
+        "  fxconv convert \"transformers:BertModel(num_hidden_layers=2)\" --scope all -o bert.onnx\n"
         "  fxconv convert mypkg.models:make_net --input-shape 1,3,96,96 --target ethos-u -o net.onnx\n"
         "  fxconv convert vendor_int8.onnx -o vendor_int8_conv.onnx\n"
         "  fxconv inspect resnet18.onnx\n"
@@ -72,12 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     c = commands.add_parser("convert", help="convert a model and write a checked ONNX file")
     c.add_argument(
         "model", metavar="MODEL",
-        help="torchvision:NAME, timm:NAME, package.module:Factory(args) (literal arguments, dotted names), "
-        "a torch.export.save file (.pt2), a torch.save(model) file, or an ONNX file (.onnx) to rewrite",
+        help="torchvision:NAME, timm:NAME (both with keyword literals: NAME(num_classes=10)), "
+        "transformers:CLASS(config fields) or transformers:CLASS('config.json'), package.module:Factory(args) "
+        "(literal arguments, dotted names), a torch.export.save file (.pt2), a torch.save(model) file, or an "
+        "ONNX file (.onnx) to rewrite",
     )
     c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
     c.add_argument("--input-shape", metavar="N,C,H,W",
-                   help="example input shape (default 1,3,224,224; for an .onnx MODEL, its declared input shape)")
+                   help="example input shape (default 1,3,224,224; a .pt2 file's own; 1,32 token ids for a "
+                   "Hugging Face text model; for an .onnx MODEL, its declared input shape)")
     c.add_argument("--target", default="onnxruntime", choices=TARGETS,
                    help="the compiler the file is for: its measured choices of method, scope and layout "
                    "(default onnxruntime)")
@@ -124,10 +130,11 @@ def run() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line, as a function: parse ``argv``, run the command, return the exit code."""
+    started = time.perf_counter()
     args = _parser().parse_args(argv)
     try:
         with _Interrupts():
-            return _convert(args) if args.command == "convert" else _inspect(args)
+            return _convert(args, started) if args.command == "convert" else _inspect(args)
     except KeyboardInterrupt:  # the staging folders are context managers: nothing is left behind
         print("fxconv: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -138,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         kind = "" if isinstance(e, FxconvError) else f"unexpected {type(e).__name__}: "
-        message = " ".join(str(e).split()) or type(e).__name__
+        message = _as_flags(" ".join(str(e).split())) or type(e).__name__
         print(f"fxconv: error: {kind}{message}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 # -- convert -------------------------------------------------------------------------------------
 
 
-def _convert(args: argparse.Namespace) -> int:
+def _convert(args: argparse.Namespace, started: float) -> int:
     _check_distinct(args)
     for path in filter(None, (args.output, args.report)):
         _check_writable(path, args.force)
@@ -158,13 +165,13 @@ def _convert(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(
             f"--runtime {args.runtime}: it is not installed (pip install 'fxconv[{args.runtime}]')"
         )
-    from ._util import versions
     from .check import check_onnx, load_onnx, op_census, weight_products
+    from .report import versions
 
-    timings: dict[str, float] = {}
+    timings = _Timings(started)
     source = (_from_onnx if args.model.lower().endswith(".onnx") else _from_pytorch)(args, timings)
     report = source.report
-    print(report)
+    print(_as_flags(str(report)))
     if args.strict and report.skipped:
         print(f"fxconv: --strict: {len(report.skipped)} Linear left alone; nothing was written", file=sys.stderr)
         return EXIT_CHECK_FAILED
@@ -173,14 +180,14 @@ def _convert(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
         staged = Path(staging) / args.output.name
-        with _step(source.writing, timings, "export"):
+        with _step(*source.writing, timings):
             source.write(staged)
         written_model = load_onnx(staged)
         ops, products = op_census(written_model), weight_products(written_model)
         print(_census_table(ops, report, products))
         check = None
         if not args.no_check:
-            with _step(f"checking with {args.runtime} against {source.reference_name}", timings, "check"):
+            with _step(f"checking with {args.runtime} against {source.reference_name}", "check", timings):
                 check = check_onnx(staged, source.reference, source.example, runtime=args.runtime)
             print(check)
         written = check is None or check.passed
@@ -190,6 +197,7 @@ def _convert(args: argparse.Namespace) -> int:
             if Path(f"{staged}.data").exists():  # external weights first: the model never names a missing file
                 os.replace(f"{staged}.data", f"{args.output}.data")
             os.replace(staged, args.output)
+    timings["total"] = time.perf_counter() - timings.started
     print(f"timings: {', '.join(f'{k} {v:.1f} s' for k, v in timings.items())}")
 
     if args.report:
@@ -219,31 +227,29 @@ class _Source:
 
     report: Report
     write: Callable[[Path], object]  # writes the ONNX file at the given path
-    writing: str  # what writing it is, for people
+    writing: tuple[str, str]  # what writing it is, for people; its name in the timings
     reference: object  # what the check runs it against
     reference_name: str
     example: object  # the check's example inputs (None: from the reference file's declared shapes)
     input_shape: list[int] | None
 
 
-def _from_pytorch(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
+def _from_pytorch(args: argparse.Namespace, timings: _Timings) -> _Source:
     """Load a PyTorch model and convert it (``write`` then exports it)."""
-    shape = _parse_shape(args.input_shape or "1,3,224,224")
-    import torch  # imported here, not at the top: `fxconv --help` answers without it
-
-    from ._convert import convert
-    from ._load import load_model, model_dtype
+    shape = _parse_shape(args.input_shape) if args.input_shape else None
+    from ._convert import convert  # imported here, not at the top: `fxconv --help` answers without torch
+    from ._load import example_input, load_model, model_dtype
     from .check import runtime_refusal
     from .export import export_onnx
 
-    with _step("loading the model", timings, "load"):
+    with _step("loading the model", "load", timings):
         model = load_model(args.model, args.state_dict, args.allow_pickle)
         dtype = model_dtype(model)
         refusal = None if args.no_check else runtime_refusal({dtype}, args.runtime)
         if refusal:
             raise InvalidArgumentError(f"the model is {dtype}: {refusal}")
-        example = torch.randn(shape, dtype=dtype)
-    with _step("tracing and converting", timings, "convert"):
+        example = example_input(model, shape)
+    with _step("tracing and converting", "convert", timings):
         module, report = convert(
             model, example, args.method, scope=args.scope, layout=args.layout, target=args.target, dense=args.dense,
             approximate=args.approximate, capture=args.capture,
@@ -254,35 +260,54 @@ def _from_pytorch(args: argparse.Namespace, timings: dict[str, float]) -> _Sourc
     def write(path: Path) -> None:
         export_onnx(module, example, path, batch=args.batch, opset=args.opset, dynamic_spatial=args.dense)
 
-    return _Source(report, write, "exporting the converted model to ONNX", reference, name, example, list(shape))
+    writing = ("exporting the converted model to ONNX", "export")
+    return _Source(report, write, writing, reference, name, example, list(example.shape))
 
 
-def _from_onnx(args: argparse.Namespace, timings: dict[str, float]) -> _Source:
+def _from_onnx(args: argparse.Namespace, timings: _Timings) -> _Source:
     """Convert an ONNX file (never modified; ``write`` saves the result)."""
     import onnx
 
     from .check import load_onnx
     from .onnx.convert import convert_onnx
 
-    with _step("loading the ONNX file", timings, "load"):
+    with _step("loading the ONNX file", "load", timings):
         original = load_onnx(args.model)
-    with _step("converting", timings, "convert"):
+    with _step("converting", "convert", timings):
         converted, report = convert_onnx(
             original, args.method, scope=args.scope, layout=args.layout, target=args.target
         )
     shape = list(_parse_shape(args.input_shape)) if args.input_shape else None
     example = None
-    if shape:  # for files whose declared inputs have free dims beyond the batch
-        import torch
+    if shape:  # for files whose declared inputs have free dims beyond the batch (the check draws the values)
+        import numpy as np
 
-        example = torch.randn(shape)
+        initializers = {i.name for i in original.graph.initializer}
+        declared = next(v for v in original.graph.input if v.name not in initializers).type.tensor_type.elem_type
+        example = np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(declared))
 
     def write(path: Path) -> None:
         large = converted.ByteSize() >= 2**31 - 2**20  # protobuf's limit, less room for the graph
         onnx.save(converted, path, format="protobuf", save_as_external_data=large, location=f"{path.name}.data")
 
     reference_name = f"the original {args.model}"
-    return _Source(report, write, "writing the converted ONNX file", args.model, reference_name, example, shape)
+    writing = ("writing the converted ONNX file", "write")
+    return _Source(report, write, writing, args.model, reference_name, example, shape)
+
+
+_OPTIONS = [  # the Python API's spelling of an option in a message, and the command line's
+    (re.compile(r"\s*\(CLI: [^)]*\)"), ""),  # "approximate=True (CLI: --approximate)" says it once
+    (re.compile(r"\b(method|scope|layout|target|capture|runtime)=['\"]([\w-]+)['\"]"), r"--\1 \2"),
+    (re.compile(r"\b(approximate|dense|strict)=True\b"), r"--\1"),
+    (re.compile(r"\b(batch|opset)=(\d+)\b"), r"--\1 \2"),
+]
+
+
+def _as_flags(text: str) -> str:
+    """A message of the library as the command line says it: ``scope='all'`` as ``--scope all``."""
+    for pattern, flag in _OPTIONS:
+        text = pattern.sub(flag, text)
+    return text
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -303,7 +328,7 @@ def _check_before_torch(args: argparse.Namespace) -> None:
     if args.input_shape is not None:
         _parse_shape(args.input_shape)
     if ":" not in args.model and not Path(args.model).is_file():
-        raise InvalidArgumentError(f"MODEL {args.model!r} is neither torchvision:NAME, timm:NAME, "
+        raise InvalidArgumentError(f"MODEL {args.model!r} is neither torchvision:NAME, timm:NAME, transformers:CLASS, "
                                    "package.module:callable, nor an existing file")
     if args.model.lower().endswith(".onnx"):
         given = {"--batch": args.batch, "--opset": args.opset, "--dense": args.dense,
@@ -348,9 +373,20 @@ def _check_writable(path: Path, force: bool) -> None:
         raise InvalidArgumentError(f"{path} exists; pass --force to replace it")
 
 
+class _Timings(dict):
+    """Each step's seconds by name (the first step also records the start-up before it), and when the
+    command started."""
+
+    def __init__(self, started: float):
+        super().__init__()
+        self.started = started
+
+
 @contextlib.contextmanager
-def _step(what: str, timings: dict[str, float], key: str):
-    """Say on stderr that a step is running, and how long it took once done."""
+def _step(what: str, key: str, timings: _Timings):
+    """Say on stderr that a step is running, and how long it took once done. The first step also
+    records the start-up before it: importing fxconv, and torch for a PyTorch model."""
+    timings.setdefault("start-up", time.perf_counter() - timings.started)
     print(f"... {what}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     yield

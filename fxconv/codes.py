@@ -32,7 +32,7 @@ CODES: dict[str, Code] = {
                      "give an example input with a batch dimension"),
     "opaque": Code("it runs inside a call the graph keeps whole: a torch.nn module symbolic_trace does not enter "
                    "(nn.MultiheadAttention), or a torch.fx.wrap function that takes its weight",
-                   "capture='auto' or 'export' (CLI: --capture) sees inside"),
+                   "capture='auto' or capture='export' sees inside"),
     "folds-batch": Code("the reshape before it folds the batch dimension, e.g. (N, C, H, W) -> (N·C, H·W)",
                         "nothing: the Linear does not read one image's features"),
     "needs-1x1": Code("an op between the flatten and the Linear works on all C·H·W features as one vector "

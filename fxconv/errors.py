@@ -3,6 +3,8 @@
 Each carries a message a user can act on; the CLI prints it as one line.
 """
 
+import re
+
 __all__ = [
     "ExampleInputError",
     "FxconvError",
@@ -40,3 +42,9 @@ class FxconvWarning(UserWarning):
 
 class OnnxError(FxconvError):
     """An ONNX file could not be written, read or checked against its reference model."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (torch's errors run to pages, some in colour)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -31,9 +31,9 @@ from torch.export import ExportedProgram
 
 from ._opset import lower_opset
 from ._tidy import tidy
-from ._util import as_tuple, batch_of_two, eval_mode, first_line
+from ._util import as_tuple, batch_of_two, eval_mode, quiet
 from .capture import fixed_batch
-from .errors import InvalidArgumentError, OnnxError
+from .errors import InvalidArgumentError, OnnxError, first_line
 from .options import OLDEST_OPSET
 
 __all__ = ["OPSETS", "export_onnx"]
@@ -91,7 +91,7 @@ def export_onnx(
     if dynamic is not None and not any(dynamic):
         dynamic = None
     try:
-        with contextlib.nullcontext() if exported else eval_mode(module), warnings.catch_warnings():
+        with contextlib.nullcontext() if exported else eval_mode(module), warnings.catch_warnings(), quiet(_CONVERTER):
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
             program = torch.onnx.export(
                 module, inputs, dynamo=True, dynamic_shapes=dynamic, verbose=False, optimize=False,
@@ -109,6 +109,9 @@ def export_onnx(
     _write_atomically(model, path, external)
     log.debug("fxconv: wrote %s", path)
     return path
+
+
+_CONVERTER = logging.getLogger("onnxscript.version_converter")  # above opset 20 it says it hands over to onnx's
 
 
 def _name_values(graph: ir.Graph, values, names, default: str) -> None:

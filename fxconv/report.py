@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import platform
 from dataclasses import dataclass, field
+from importlib import metadata
 
 
 @dataclass(frozen=True)
@@ -110,3 +113,12 @@ def _grouped(verb: str, entries: list[Skipped], most: int = 3) -> list[str]:
             shown = ", ".join(names[:most])
             lines.append(f"  {verb:<10} {len(names)} Linears ({shown}, ... {names[-1]}) [{code}] {reason}")
     return lines
+
+
+def versions() -> dict[str, str]:
+    """The Python, machine and library versions that a report's figures depend on."""
+    found = {"python": platform.python_version(), "machine": platform.platform()}
+    for name in ("fxconv", "torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "openvino"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[name] = metadata.version(name)
+    return found

@@ -62,7 +62,7 @@ TARGETS: dict[str, Target] = {
         },
         keeps={
             "vector": "Ethos-U: Vela runs the 1x1 convolution of a vector as the fully connected op it was (the "
-                      "same cycles, measured): kept",
+                      "same cycles, measured)",
         },
         carries=False,
         slower={

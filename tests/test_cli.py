@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,16 @@ def broken():
 
 def per_pixel():  # a Linear over the last axis of an image: nothing a head rewrite converts (not-2d)
     return nn.Sequential(nn.Conv2d(3, 2, 1), nn.Linear(16, 4))
+
+class Sized(nn.Module):  # checks its input's size with a message formatted from it, as timm's patch embedding
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 16 * 16, 4)
+
+    def forward(self, x):
+        torch._assert(x.shape[2] == 16, f"Input height ({x.shape[2]}) doesn't match model (16).")
+        return self.fc(x.flatten(1))
 
 class Net(nn.Module):  # built with arguments, or by a classmethod: the specs real libraries need
 
@@ -88,7 +99,9 @@ def test_a_torchvision_model_end_to_end(workdir):
     assert [c["name"] for c in report["converted"]] == ["fc"]
     assert report["onnx"] == {"batch": None, "opset": 20, "ops": ops, "weight_products": 0}
     assert report["check"]["passed"] and report["check"]["runtime"] == "onnxruntime"
-    assert set(report["timings_s"]) >= {"convert", "export", "check"} and report["versions"]["torch"]
+    assert list(report["timings_s"]) == ["start-up", "load", "convert", "export", "check", "total"]
+    assert report["timings_s"]["total"] >= sum(v for k, v in report["timings_s"].items() if k != "total")
+    assert report["versions"]["torch"] and "timings: start-up " in result.stdout
 
     inspected = fxconv_cli("inspect", "r18.onnx", cwd=workdir)
     assert inspected.returncode == 0
@@ -197,6 +210,73 @@ def test_factories_with_literal_arguments_and_dotted_names(workdir, spec, width)
     assert [(c["name"], c["flattened_from"]) for c in report["converted"]] == [("fc", [width, 1, 1])]
 
 
+@pytest.fixture
+def in_workdir(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    monkeypatch.syspath_prepend(str(workdir))
+    return workdir
+
+
+def test_zoo_models_take_keyword_arguments_and_weights_that_do_not_fit_are_summarised(in_workdir, capsys):
+    workdir = in_workdir
+    from fxconv import cli
+    from fxconv._load import load_model
+
+    assert load_model("torchvision:resnet18(num_classes=10)", None).fc.out_features == 10
+    for wrong in ("torchvision:resnet18(10)", "timm:resnet18(1, num_classes=2)"):
+        with pytest.raises(fxconv.InvalidArgumentError, match="a name with keyword arguments"):
+            load_model(wrong, None)
+    torch.save(nn.Linear(16, 4).state_dict(), workdir / "linear.pt")
+    wide = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 14 * 14, 10))
+    torch.save({f"module.{k}": v for k, v in wide.state_dict().items()}, workdir / "parallel.pt")
+    torch.save(wide.state_dict(), workdir / "wide.pt")
+    for weights, summary in [
+        ("linear.pt", "6 keys missing: 0.weight, 0.bias, 3.weight and 3 more; 2 keys unexpected: weight, bias."),
+        ("parallel.pt", "4 keys unexpected: module.0.weight, module.0.bias, module.3.weight and 1 more (saved "
+                        "from a DataParallel wrapper: strip the 'module.' prefix)"),
+        ("wide.pt", "2 keys missing: 5.weight, 5.bias; 3 keys of another shape: 0.weight (8, 3, 3, 3) in the file, "
+                    "(4, 3, 3, 3) in the model, 0.bias"),
+    ]:  # fmt: skip
+        code = cli.main(["convert", "nets:make", "--state-dict", str(workdir / weights), "-o", str(workdir / "m.onnx")])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and summary in error and error.endswith("Is this the model these weights belong to?"), error
+        assert len(error) < 400
+
+
+def test_hugging_face_models_from_their_config(in_workdir):
+    transformers = pytest.importorskip("transformers")
+    bert = ("transformers:BertModel(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, "
+            "intermediate_size=64, vocab_size=100)")  # fmt: skip
+    result = fxconv_cli("convert", bert, "--scope", "all", "-o", "bert.onnx", "--report", "b.json", cwd=in_workdir)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((in_workdir / "b.json").read_text())
+    assert report["input_shape"] == [1, 32] and report["check"]["passed"]  # token ids: one row of 32
+    assert len(report["converted"]) == 7 and report["skipped"] == []  # q, k, v, out, the MLP, the pooler
+    assert "W1202" not in result.stderr and "Enum subclass" not in result.stderr  # torchao's import warnings
+    config = transformers.ViTConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                    intermediate_size=64, image_size=32, patch_size=16)  # fmt: skip
+    config.to_json_file(in_workdir / "vit.json")
+    result = fxconv_cli("convert", "transformers:AutoModel('vit.json')", "--scope", "all", "-o", "vit.onnx",
+                        "--report", "v.json", cwd=in_workdir)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((in_workdir / "v.json").read_text())
+    assert report["input_shape"] == [1, 3, 32, 32] and report["check"]["passed"]  # the config's image size
+
+    from fxconv._load import load_model
+
+    model = load_model("transformers:ViTForImageClassification('vit.json', num_labels=5)", None)
+    assert model.classifier.out_features == 5 and model.config.num_hidden_layers == 1
+    for spec, message in [
+        ("transformers:BertModel(num_hiden_layers=1)", "BertConfig has no field 'num_hiden_layers': did you mean "
+                                                       "'num_hidden_layers'?"),
+        ("transformers:BertModl", "transformers has no 'BertModl': did you mean 'BertModel'"),
+        ("transformers:AutoModel", "takes one config file"),
+        ("transformers:BertModel('absent.json')", "no config file 'absent.json'"),
+    ]:  # fmt: skip
+        with pytest.raises(fxconv.InvalidArgumentError, match=re.escape(message)):
+            load_model(spec, None)
+
+
 def test_a_timm_model(workdir):
     pytest.importorskip("timm")
     result = fxconv_cli("convert", "timm:resnet10t", "--input-shape", "1,3,32,32", "-o", "t.onnx", cwd=workdir)
@@ -224,6 +304,15 @@ def test_dense_gives_a_file_with_dynamic_height_and_width(workdir):
     inspected = fxconv_cli("inspect", "d.onnx", cwd=workdir)
     assert "[batch, 3, dim2, dim3]" in inspected.stdout
     assert "[batch, 5, " in inspected.stdout  # (N, classes, h, w) out
+
+
+def test_the_newest_opset_is_written_without_the_exporter_s_chatter(workdir):
+    newest = fxconv.export.OPSETS[-1]
+    result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--opset", str(newest), "-o", "m.onnx",
+                        cwd=workdir)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert fxconv.load_onnx(workdir / "m.onnx").opset_import[0].version == newest
+    assert all(line.startswith(("...", "    done")) for line in result.stderr.splitlines()), result.stderr
 
 
 def test_no_check_skips_the_comparison_and_says_so(workdir):
@@ -286,7 +375,8 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["nets:make", "--runtime", "tensorrt"], "invalid choice: 'tensorrt'"),
         (["nets:make", "--method", "3x3"], "invalid choice: '3x3'"),
         (["nets:make", "--layout", "sideways"], "invalid choice: 'sideways'"),
-        (["nets:make", "--dense", "--method", "1x1"], "dense=True needs method='kernel'"),
+        (["nets:make", "--dense", "--method", "1x1"], "--dense needs --method kernel"),  # the hint as the CLI's flags
+        (["nets:Sized", "--input-shape", "1,3,8,16"], "Input height (8) doesn't match model (16)."),  # not Proxy()
         (["nets:make", "--state-dict", "absent.pt"], "cannot load --state-dict"),
         (["nets:make", "-o", "missing/m.onnx"], "directory missing does not exist"),
         (["nets:make", "-o", "."], ". is a directory: name the file to write"),
@@ -297,7 +387,8 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         "unknown-model", "typo", "no-module", "no-callable", "no-attribute", "not-a-literal", "syntax-error",
         "unknown-timm", "factory-fails", "bad-spec", "shape-unparsable", "shape-rejected", "wrong-channels",
         "wrong-rank", "float64", "opset-12", "batch-0", "unknown-runtime", "unknown-method", "unknown-layout",
-        "dense-1x1", "bad-state-dict", "missing-dir", "output-is-a-directory", "existing-output", "bad-flag",
+        "dense-1x1", "size-message", "bad-state-dict", "missing-dir", "output-is-a-directory", "existing-output",
+        "bad-flag",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
@@ -378,6 +469,8 @@ def test_nothing_converted_is_said_and_strict_writes_nothing(workdir):
     plain = fxconv_cli("convert", "nets:per_pixel", "--input-shape", TINY, "-o", "p.onnx", cwd=workdir)
     assert plain.returncode == 0, plain.stderr
     assert "no Linear was converted" in plain.stderr and "[not-2d]" in plain.stdout
+    assert "--scope all converts it as a 1x1 convolution" in plain.stdout  # the hint in the CLI's own words
+    assert "scope='all'" not in plain.stdout and "CLI:" not in plain.stdout
     strict = fxconv_cli("convert", "nets:per_pixel", "--input-shape", TINY, "--strict", "-o", "s.onnx", cwd=workdir)
     assert strict.returncode == 1 and "--strict: 1 Linear left alone; nothing was written" in strict.stderr
     assert not (workdir / "s.onnx").exists() and "Traceback" not in strict.stderr
@@ -389,7 +482,7 @@ def test_scope_all_converts_the_per_position_linear_the_default_leaves(workdir):
         "--report", "a.json", cwd=workdir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "scope='all'" in result.stdout and "(N, H, W, C) as (N, C, H, W) -> conv2d 1x1" in result.stdout
+    assert "--scope all" in result.stdout and "(N, H, W, C) as (N, C, H, W) -> conv2d 1x1" in result.stdout
     assert "check PASSED" in result.stdout and "Gemm/MatMul reading a weight: 0" in result.stdout
     report = json.loads((workdir / "a.json").read_text())
     assert report["scope"] == "all" and report["converted"][0]["layout"] == "(N, H, W, C) as (N, C, H, W)"
@@ -403,7 +496,7 @@ def test_a_target_chooses_and_the_report_says_what_it_kept(workdir):
         "--report", "e.json", cwd=workdir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "target='ethos-u', method='channels-last'" in result.stdout and "1 kept for the target" in result.stdout
+    assert "--target ethos-u, --method channels-last" in result.stdout and "1 kept for the target" in result.stdout
     assert "check PASSED" in result.stdout
     report = json.loads((workdir / "e.json").read_text())
     assert report["target"] == "ethos-u" and [c["name"] for c in report["converted"]] == ["3"]
@@ -505,8 +598,10 @@ def test_an_onnx_file_is_rewritten_checked_and_left_as_it_was(workdir):
         dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
     )
     before = (workdir / "in.onnx").read_bytes()
-    result = fxconv_cli("convert", "in.onnx", "-o", "out.onnx", "--report", "r.json", "--strict", cwd=workdir)
-    assert result.returncode == 0, result.stderr
+    result, ending = fxconv_cli_counting_torch("convert", "in.onnx", "-o", "out.onnx", "--report", "r.json",
+                                               "--strict", cwd=workdir)  # fmt: skip
+    assert ending == "0 False", result.stderr  # an ONNX file in, an ONNX file out, checked: no torch
+    assert ", write " in result.stdout and "export" not in result.stdout  # it writes a file: it exports nothing
     assert "check PASSED" in result.stdout and "against the original in.onnx" in result.stderr
     assert "Gemm/MatMul reading a weight: 0" in result.stdout and "<- 2 replace Linears" in result.stdout
     assert (workdir / "in.onnx").read_bytes() == before
@@ -517,9 +612,13 @@ def test_an_onnx_file_is_rewritten_checked_and_left_as_it_was(workdir):
 
     again = fxconv_cli("convert", "in.onnx", "-o", "out.onnx", cwd=workdir)
     assert again.returncode == 2 and "out.onnx exists; pass --force" in again.stderr
+    onnx = pytest.importorskip("onnx")
+    onnx.save(written, workdir / "external.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0)
+    (workdir / "weights.bin").rename(workdir / "elsewhere.bin")
     for args, message in [
         (["in.onnx", "--batch", "1"], "--batch: not for an ONNX input"),
         (["corrupt.onnx"], "corrupt.onnx is not a valid ONNX model"),
+        (["external.onnx"], "external.onnx keeps its weights in weights.bin, which is not beside it"),
     ]:
         (workdir / "corrupt.onnx").write_bytes(b"not onnx")
         refused = fxconv_cli("convert", *args, "-o", "b.onnx", cwd=workdir)
