@@ -52,6 +52,13 @@ CODES: dict[str, Code] = {
     "computed-weight": Code("its weight is computed by nodes from constants (ONNX)",
                             "fold constants first (onnxsim, onnxscript's optimizer)"),
     "weight-rank": Code("its constant operand is not a matrix (a batched weight, bmm)", "nothing yet"),
+    "einsum": Code("an einsum with a constant operand", "write it as F.linear(x, W) or x @ W.T, which convert"),
+    "grouped-weight": Code("a grouped matmul of stacked expert weights (E, in, out): the tokens routed to each "
+                           "expert meet its weight, in groups whose sizes depend on the routing (mixture of experts)",
+                           "nothing: no convolution computes it at the original's cost"),
+    "gathered-weight": Code("a matmul whose weight is gathered per row from a parameter (w[idx]: batched experts)",
+                            "nothing: each row meets another weight, which no convolution computes at the "
+                            "original's cost"),
     "transA": Code("Gemm with transA=1 reads its input transposed: the batch is not its first dim",
                    "export without transA"),
     "bias": Code("the bias operand is not a constant vector of the output width", "nothing"),

@@ -7,6 +7,12 @@ anything computed from them alone: ``x @ W.t() + b``, ``torch.addmm(b, x, W.t(),
 is a ``Spelling`` record (the table below). The weight's transposes are undone to read it (out, in); a
 bias added after a matmul is its bias. An activation × activation matmul (attention's ``q @ k.T``) is
 no Linear.
+
+Every other product that reads a weight is reported, never passed over: an einsum with a constant
+operand, a grouped matmul of stacked expert weights (``torch._grouped_mm``, Hugging Face's
+``grouped_mm`` experts), and a matmul whose weight is gathered per token from a parameter
+(``w[expert_ids]``, the ``batched_mm`` experts) — each row meets another weight there, which no
+convolution computes at the cost of the original.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch.fx import Node
 from ..codes import skip
 from ..engine import ADDMM, LINEAR, MATMUL, Linear
 from ..report import Skipped
-from .nodes import first_input, key, module_path, shape_of
+from .nodes import first_input, key, module_path, op_name, shape_of
 
 aten = torch.ops.aten
 _SPELLINGS = {
@@ -51,7 +57,7 @@ def read_linear(view, op: Node) -> Linear | Skipped | None:
     except TypeError:  # an unhashable target
         return None
     if spelling is None:
-        return None
+        return _other_product(view, op)
     x, w = _operand(op, spelling.input), _operand(op, spelling.weight)
     bias = _operand(op, spelling.bias) if spelling.bias else None
     if spelling is LINEAR:
@@ -62,6 +68,11 @@ def read_linear(view, op: Node) -> Linear | Skipped | None:
         return skip(_named(view, Linear(op, op, w, x, False, None)).name, "constant-left",
                     "a constant multiplies from the left (W @ x): it mixes along the rows, not the features")
     if w not in view.constants:
+        gathered = _gathered_from(view, w) or _gathered_from(view, x)
+        if gathered is not None:
+            return skip(gathered.target, "gathered-weight", f"its operand is gathered per row from the parameter "
+                        f"{gathered.target!r} {tuple(shape_of(gathered) or ())} (w[idx]: a mixture of experts), "
+                        "so each row meets another weight")
         return None  # both operands computed from the inputs (attention's q @ k): no weight
     weight, flipped = _untransposed(view, w)
     alpha, beta = (float(op.kwargs.get(k, 1)) if k else 1.0 for k in (spelling.alpha, spelling.beta))
@@ -69,6 +80,58 @@ def read_linear(view, op: Node) -> Linear | Skipped | None:
     if len(shape_of(w) or ()) != 2:
         return skip(call.name, "weight-rank", f"its constant operand has shape {shape_of(w)}, not a (in, out) matrix")
     return _with_bias_add(view, call) if spelling.bias_after else call
+
+
+_GROUPED = ("_grouped_mm", "grouped_mm", "grouped_mm_fallback")  # torch's, and transformers' custom ops
+_GATHERS = frozenset({operator.getitem, "__getitem__", aten.index, aten.index_select, torch.index_select,
+                      "index_select", aten.gather, torch.gather, "gather"})  # fmt: skip
+_VIEWS = frozenset({"t", "transpose", "permute", "view", "reshape", "_unsafe_view", "contiguous", "to", "_to_copy",
+                    "clone", "expand", "unsqueeze", "squeeze", "select", "slice", "flatten", "unflatten", "alias"})
+
+
+def _other_product(view, op: Node) -> Skipped | None:
+    """An einsum or grouped matmul that reads a constant or gathered weight, as a Skipped; else None."""
+    name = op_name(op)
+    if name not in ("einsum", *_GROUPED):
+        return None
+    operands = [a for a in (*op.args, *op.kwargs.values()) for a in (a if isinstance(a, (list, tuple)) else (a,))]
+    weights = [a for a in operands if isinstance(a, Node) and (a in view.constants or _gathered_from(view, a))]
+    if not weights or all(a in weights for a in operands if isinstance(a, Node)):
+        return None  # no weight, or constants alone (folded by any exporter)
+    root = _parameter(view, weights[0])
+    label = root.target if root is not None else module_path(op) or op.name
+    shape = tuple(shape_of(root if root is not None else weights[0]) or ())
+    if name == "einsum":
+        equation = next((a for a in op.args if isinstance(a, str)), "?")
+        return skip(label, "einsum", f"an einsum ({equation!r}) with the weight {label!r} {shape}")
+    return skip(label, "grouped-weight", f"a grouped matmul ({name}) of the stacked weights {label!r} {shape}: "
+                "each group of rows (the tokens routed to one expert) meets its own weight, in groups whose sizes "
+                "depend on the routing")
+
+
+def _gathered_from(view, node) -> Node | None:
+    """The parameter ``node`` is gathered from by index ops (``w[idx]``, ``index_select``; through views),
+    indices computed from the inputs; None if it is not such a gather."""
+    gathered = False
+    while isinstance(node, Node) and node not in view.constants:
+        if key(node) in _GATHERS:
+            gathered = True
+        elif op_name(node) not in _VIEWS:
+            return None
+        node = first_input(node)
+    return _parameter(view, node) if gathered and isinstance(node, Node) else None
+
+
+def _parameter(view, node: Node) -> Node | None:
+    """The first parameter or buffer (a ``get_attr``) a constant is computed from."""
+    seen, todo = set(), [node]
+    while todo:
+        n = todo.pop(0)
+        if n.op == "get_attr":
+            return n
+        seen.add(n)
+        todo += [i for i in n.all_input_nodes if i in view.constants and i not in seen]
+    return None
 
 
 def _with_bias_add(view, call: Linear) -> Linear:

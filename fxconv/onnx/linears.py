@@ -28,7 +28,16 @@ def read_linear(view, node: ir.Node) -> Linear | Skipped | None:
     if node.op_type in _QOPERATOR and node.domain in ("", "ai.onnx", "com.microsoft"):
         return skip(name_of(node, []), "qoperator", f"{node.op_type} is the QOperator format; fxconv rewrites "
                     "QDQ files (quantize with QuantFormat.QDQ)")
-    if node.domain not in ("", "ai.onnx") or node.op_type not in ("Gemm", "MatMul"):
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Einsum":
+        weights = [c for c in map(constant, node.inputs) if c is not None]
+        if not weights or len(weights) == len(node.inputs):
+            return None  # no weight, or constants alone (folded by any optimizer)
+        name = name_of(node, weights)
+        return skip(name, "einsum", f"an einsum ({node.attributes.get_string('equation', '?')!r}) with the weight "
+                    f"{weights[0].stored.name!r} {weights[0].array.shape}")
+    if node.op_type not in ("Gemm", "MatMul"):
         return None
     inputs = list(node.inputs)
     x, w = (constant(v) for v in inputs[:2])
@@ -41,6 +50,11 @@ def read_linear(view, node: ir.Node) -> Linear | Skipped | None:
         if x is not None:
             return skip(name, "constant-left", f"its constant is the left operand of the {node.op_type}: "
                         "it mixes the positions, not the features")
+        gathered = next((g for g in map(_gathered, inputs[:2]) if g is not None), None)
+        if gathered is not None:
+            return skip(name_of(node, [gathered]), "gathered-weight", f"its operand is gathered per row from the "
+                        f"weight {gathered.stored.name!r} {gathered.array.shape} (a mixture of experts), so each row "
+                        "meets another weight")
         computed = next((v for v in inputs[:2] if from_constants(v)), None)
         if computed is not None:
             return skip(name, "computed-weight", f"its operand {computed.name!r} is computed from constants "
@@ -72,6 +86,25 @@ def read_linear(view, node: ir.Node) -> Linear | Skipped | None:
     call = Linear(node, output, inputs[0], w, transposed, bias, alpha, beta, name)
     refusal = _weight_refusal(call)
     return call if refusal is None else skip(name, *refusal)
+
+
+_VIEWS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Cast", "Identity", "Expand"})
+
+
+def _gathered(value: ir.Value | None) -> Const | None:
+    """The constant ``value`` is gathered from by run-time indices (``Gather``/``GatherND``, through
+    views), or None."""
+    gathered = False
+    while value is not None and constant(value) is None:
+        producer = value.producer()
+        if producer is None or producer.domain not in ("", "ai.onnx"):
+            return None
+        if producer.op_type in ("Gather", "GatherND", "GatherElements"):
+            gathered = True
+        elif producer.op_type not in _VIEWS:
+            return None
+        value = producer.inputs[0]
+    return constant(value) if gathered else None
 
 
 def _weight_refusal(call: Linear) -> tuple[str, str] | None:
