@@ -80,8 +80,10 @@ def convert(
     tracer, or ``ExportedProgram.module()``), or an ``ExportedProgram`` (then the result is an
     ExportedProgram too, dynamic where the given one was). An ``nn.Module`` is captured with
     ``torch.fx.symbolic_trace`` when its graph gives the model's outputs on the example, else with
-    ``torch.export`` (``capture="auto"``; ``"fx"`` or ``"export"`` choose one); ``report.capture`` says
-    which. ``example_inputs`` (a tensor or a tuple of tensors) is run once to learn shapes.
+    ``torch.export`` (``capture="auto"``; ``"fx"`` or ``"export"`` choose one, ``"static"`` is
+    torch.export at the example's own batch, for graphs that exist at one batch only); ``report.capture``
+    says which, and ``report.fixed_batch`` the batch a static capture runs at. ``example_inputs`` (a
+    tensor or a tuple of tensors) is run once to learn shapes.
     ``method`` is ``"kernel"`` (a conv whose kernel covers the map) or ``"1x1"`` (a 1x1 conv on the
     features reshaped to (N, C·H·W, 1, ...)). The model is copied first unless ``inplace=True``, in which
     case the result shares its parameters (and a GraphModule is rewritten in place). Every Linear call

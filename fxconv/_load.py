@@ -90,7 +90,7 @@ def _load_weights(model: nn.Module, path: Path, spec: str) -> None:
 
 
 def _some(count: int, what: str, items: list[str], shown: int = 3) -> str:
-    """'12 keys missing: a, b, c, ...'."""
+    """'12 keys missing: a, b, c and 9 more'."""
     more = f" and {count - shown} more" if count > shown else ""
     return f"{count} key{'s' * (count != 1)} {what}: {', '.join(items[:shown])}{more}"
 
@@ -255,7 +255,7 @@ def _parse_call(expression: str, spec: str) -> tuple[list[str], list, dict]:
         ) from e
 
 
-DEFAULT_SHAPE = (1, 3, 224, 224)
+_DEFAULT_SHAPE = (1, 3, 224, 224)
 _TOKENS = 32  # a Hugging Face text model's default example: one row of 32 token ids
 
 
@@ -278,8 +278,8 @@ def example_input(model: nn.Module | ExportedProgram, shape: tuple[int, ...] | N
         size = config.image_size if isinstance(config.image_size, (list, tuple)) else [config.image_size] * 2
         shape = (1, getattr(config, "num_channels", 3), *size)
     if not dtype.is_floating_point:
-        return torch.zeros(shape or DEFAULT_SHAPE, dtype=dtype)
-    return torch.randn(shape or DEFAULT_SHAPE, dtype=dtype)
+        return torch.zeros(shape or _DEFAULT_SHAPE, dtype=dtype)
+    return torch.randn(shape or _DEFAULT_SHAPE, dtype=dtype)
 
 
 def model_dtype(model: nn.Module | ExportedProgram) -> torch.dtype:

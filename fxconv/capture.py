@@ -102,7 +102,7 @@ def _given_static(batch: int | None) -> str:
 def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str) -> Captured:
     """symbolic_trace if it gives the model itself and sees every Linear (``how`` "auto" or "fx"), else torch.export."""
     note, traced = "", None
-    if how != "export":
+    if how in ("auto", "fx"):
         try:
             with buffers_kept(model):  # tracing, and the graph, may update the model's tensors in place
                 gm = _symbolic_trace(model, len(inputs))
@@ -126,7 +126,7 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
         if how == "fx":
             raise TraceError(f"capture='fx': {note}")
     try:
-        program, fixed = _export(model, inputs)
+        program, fixed = _export(model, inputs, static=how == "static")
     except Exception as e:
         if traced is not None and traced.hidden:
             return traced
@@ -234,9 +234,10 @@ def _defaults_after(model: nn.Module, given: int) -> dict:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and isinstance(p.default, plain)}  # fmt: skip
 
 
-def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[ExportedProgram, str]:
+def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], static: bool = False) -> tuple[ExportedProgram, str]:
     """torch.export with a dynamic batch (examples of batch 1 doubled: export specialises a batch of 1);
-    where that cannot be had, static at the example's own batch, with a note that says so.
+    where that cannot be had, or ``static`` asks for it, static at the example's own batch, with a note
+    that says so.
 
     Static is what a decode step over a fixed-size KV cache, or a model whose export specialises the
     batch, can be: its graph runs at that batch only, and never at one the user did not give.
@@ -246,16 +247,21 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[Exporte
     # would capture them as the buffers' values.
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), buffers_kept(model):
         warnings.simplefilter("ignore")
-        try:
-            return torch.export.export(model, examples, dynamic_shapes=_batch_dynamic(model, examples)), ""
-        except Exception as e:
-            dynamic = e
+        dynamic = None
+        if not static:
             try:
-                program = torch.export.export(model, inputs)
-            except Exception:
-                raise dynamic from None  # not a matter of the batch: the dynamic capture's error says why
+                return torch.export.export(model, examples, dynamic_shapes=_batch_dynamic(model, examples)), ""
+            except Exception as e:
+                dynamic = e
+        try:
+            program = torch.export.export(model, inputs)
+        except Exception:
+            if dynamic is None:
+                raise
+            raise dynamic from None  # not a matter of the batch: the dynamic capture's error says why
     batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim()), None)
-    return program, f"fixed to batch {batch}: a dynamic batch could not be captured ({first_line(dynamic)})"
+    why = "capture='static' asks for it" if static else f"a dynamic batch could not be captured ({first_line(dynamic)})"
+    return program, f"fixed to batch {batch}: {why}"
 
 
 def _batch_dynamic(model: nn.Module, examples: tuple) -> tuple | dict:

@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                    "on (N, C, 1, L) tokens and NCHW maps (default: the target's; heads)")
     c.add_argument("--layout", choices=LAYOUTS, help="where the batch goes in the head (default: the target's; folded)")
     c.add_argument("--capture", default="auto", choices=CAPTURES,
-                   help="symbolic_trace (fx), torch.export, or auto (default)")
+                   help="symbolic_trace (fx), torch.export with a dynamic batch (export) or at the example's "
+                   "batch (static), or auto (default): the first faithful one, static only where dynamic fails")
     c.add_argument("--approximate", action="store_true",
                    help="with --dense: accept global pools inside the backbone (squeeze-and-excitation)")
     c.add_argument("--dense", action="store_true", help="fully convolutional: (N, classes, h, w) on larger inputs")

@@ -3,7 +3,8 @@
 CONV_METHODS = ("kernel", "1x1")  # a head as convolutions: a kernel covering the map, or 1x1 on its flattening
 METHODS = (*CONV_METHODS, "channels-last")  # and a Linear on the map's channels-last flattening (NHWC compilers)
 LAYOUTS = ("folded", "batched")  # where the batch goes in a converted head
-CAPTURES = ("auto", "fx", "export")  # symbolic_trace, torch.export, or the first that is faithful
+CAPTURES = ("auto", "fx", "export", "static")  # symbolic_trace, torch.export (dynamic batch, or static at the
+# example's batch), or the first that is faithful
 RUNTIMES = ("onnxruntime", "openvino")  # what check_onnx runs a file in
 SCOPES = ("heads", "all")  # which Linears convert: those fed by a flattened map, or every one
 TARGETS = ("onnxruntime", "ethos-u", "coreml")  # the compiler the choices are made for (fxconv.targets)

@@ -96,6 +96,18 @@ def test_a_graph_fixed_to_its_batch_marks_nothing_and_converts_as_before():
     torch.testing.assert_close(converted.module()(x), model(x))
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_static_capture_is_asked_for_and_said(batch, tmp_path):
+    model, x = Interleaved().eval(), torch.randn(batch, 4, 8)
+    converted, report = fxconv.convert(model, x, scope="all", capture="static")
+    assert (report.capture, report.fixed_batch) == ("torch.export", batch)
+    assert f"fixed to batch {batch}: capture='static' asks for it" in str(report)
+    torch.testing.assert_close(converted(x), model(x))
+    path = fxconv.export_onnx(converted, x, tmp_path / "s.onnx")  # at its batch: the file's is static
+    assert [d.dim_value for d in fxconv.load_onnx(path).graph.input[0].type.tensor_type.shape.dim] == [batch, 4, 8]
+    assert fxconv.check_onnx(path, model, x).passed
+
+
 class PooledNormHead(nn.Module):
     """LeViT's head, over a map or over tokens: pooled, BatchNorm1d, Linear."""
 
