@@ -257,13 +257,14 @@ def _parse_call(expression: str, spec: str) -> tuple[list[str], list, dict]:
 
 _DEFAULT_SHAPE = (1, 3, 224, 224)
 _TOKENS = 32  # a Hugging Face text model's default example: one row of 32 token ids
+_SAMPLES = 16000  # an audio model's (input_values): one second at 16 kHz
 
 
 def example_input(model: nn.Module | ExportedProgram, shape: tuple[int, ...] | None) -> torch.Tensor:
     """The input a MODEL is converted and checked with: random values of ``shape`` (by default the
     model's own: an ExportedProgram's input as exported, a Hugging Face vision model's image size from
-    its config, else 1x3x224x224) in the model's dtype — or token ids below the vocabulary size for a
-    Hugging Face model whose input is ``input_ids``."""
+    its config, an audio model's second of 16 kHz samples, else 1x3x224x224) in the model's dtype — or
+    token ids below the vocabulary size for a Hugging Face model whose input is ``input_ids``."""
     dtype = model_dtype(model)
     if isinstance(model, ExportedProgram):
         value = next(n.meta["val"] for n in model.graph.nodes
@@ -274,6 +275,8 @@ def example_input(model: nn.Module | ExportedProgram, shape: tuple[int, ...] | N
     kind = getattr(model, "main_input_name", None) if config is not None else None
     if kind == "input_ids":
         return torch.randint(0, config.vocab_size, shape or (1, _TOKENS))
+    if kind == "input_values" and shape is None:
+        shape = (1, _SAMPLES)
     if kind == "pixel_values" and shape is None and hasattr(config, "image_size"):
         size = config.image_size if isinstance(config.image_size, (list, tuple)) else [config.image_size] * 2
         shape = (1, getattr(config, "num_channels", 3), *size)

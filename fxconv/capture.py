@@ -212,13 +212,24 @@ def _symbolic_trace(model: nn.Module, given: int) -> fx.GraphModule:
         graph = tracer.trace(model, concrete_args=_defaults_after(model, given) or None)
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as e:
-        raise TraceError(f"symbolic_trace failed{_where(e, model)}: {first_line(e)}") from e
+        raise TraceError(f"symbolic_trace failed{_where(e, model) or _entry(model)}: {first_line(e)}") from e
     # symbolic_trace rebuilds containers (ModuleList, ...) as new modules in training mode: give every
     # module the flag it had, so that an eval model stays entirely in eval mode.
     flags = {name: m.training for name, m in model.named_modules()}
     for name, m in gm.named_modules():
         m.training = flags.get(name, model.training)
     return gm
+
+
+def _entry(model: nn.Module) -> str:
+    """' on the signature of Model.forward (file.py:12)': where a tracer that stops before any of the
+    model's code stopped (it could not rebuild a decorated forward's signature: "co_varnames is too small")."""
+    forward = inspect.unwrap(type(model).forward)
+    try:
+        file, line = inspect.getsourcefile(forward), inspect.getsourcelines(forward)[1]
+    except (OSError, TypeError):
+        return f" on the signature of {type(model).__name__}.forward"
+    return f" on the signature of {type(model).__name__}.forward ({Path(file).name}:{line}, a decorated forward)"
 
 
 def _defaults_after(model: nn.Module, given: int) -> dict:

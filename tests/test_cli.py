@@ -262,10 +262,15 @@ def test_hugging_face_models_from_their_config(in_workdir):
     report = json.loads((in_workdir / "v.json").read_text())
     assert report["input_shape"] == [1, 3, 32, 32] and report["check"]["passed"]  # the config's image size
 
-    from fxconv._load import load_model
+    from fxconv._load import example_input, load_model
 
     model = load_model("transformers:ViTForImageClassification('vit.json', num_labels=5)", None)
     assert model.classifier.out_features == 5 and model.config.num_hidden_layers == 1
+    audio = load_model("transformers:Wav2Vec2Model(num_hidden_layers=1, hidden_size=32, intermediate_size=64, "
+                       "num_attention_heads=2)", None)  # fmt: skip
+    assert example_input(audio, None).shape == (1, 16000) and example_input(model, (2, 3, 32, 32)).shape[0] == 2
+    ids = example_input(load_model("transformers:BertModel(vocab_size=50, num_hidden_layers=1)", None), (2, 7))
+    assert ids.shape == (2, 7) and ids.dtype == torch.int64 and 0 <= ids.min() and ids.max() < 50
     for spec, message in [
         ("transformers:BertModel(num_hiden_layers=1)", "BertConfig has no field 'num_hiden_layers': did you mean "
                                                        "'num_hidden_layers'?"),

@@ -150,3 +150,14 @@ def test_a_model_returning_its_cache_is_refused_in_one_line_that_names_use_cache
     with torch.no_grad():
         for batch in (ids, ids.repeat(2, 1)):
             torch.testing.assert_close(module(batch)[0], model(batch)[0])
+
+
+def test_a_forward_whose_signature_symbolic_trace_cannot_rebuild_is_named():
+    """transformers' decorated forwards (``can_return_tuple``) stop symbolic_trace before any model code:
+    the note names the forward and its line, not only "co_varnames is too small"."""
+    config = transformers.T5Config(num_layers=1, d_model=32, d_ff=64, num_heads=2, d_kv=16, vocab_size=100)
+    model = transformers.T5Model(config).eval()  # seq2seq: without decoder inputs torch.export fails too
+    with pytest.raises(fxconv.TraceError) as refused:
+        fxconv.convert(model, torch.randint(0, 100, (1, 8)))
+    assert "symbolic_trace failed on the signature of T5Model.forward (modeling_t5.py:" in str(refused.value)
+    assert "You must specify exactly one of input_ids or inputs_embeds" in str(refused.value)
