@@ -37,6 +37,7 @@ import torch
 from torch import fx, nn
 from torch.export import Dim, ExportedProgram
 from torch.fx import Node
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves
 
@@ -157,8 +158,10 @@ def fixed_batch(module) -> int | None:
         return None
     values = [n.meta.get("val") for n in module.graph.nodes
               if n.op == "placeholder" and (users is None or n.name in users)]  # fmt: skip
-    sizes = [v.shape[0] for v in values if isinstance(v, torch.Tensor) and v.dim()]
-    static = sizes and all(isinstance(size, int) for size in sizes) and len(set(sizes)) == 1  # a SymInt: dynamic
+    # A SymInt is dynamic, unless torch.export specialised it to a constant (a branch on the batch).
+    sizes = [int(size) if is_concrete_int(size) else None
+             for size in (v.shape[0] for v in values if isinstance(v, torch.Tensor) and v.dim())]  # fmt: skip
+    static = sizes and None not in sizes and len(set(sizes)) == 1
     return sizes[0] if static else None
 
 
@@ -261,9 +264,16 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], static: bool = F
         dynamic = None
         if not static:
             try:
-                return torch.export.export(model, examples, dynamic_shapes=_batch_dynamic(model, examples)), ""
+                program = torch.export.export(model, examples, dynamic_shapes=_batch_dynamic(model, examples))
             except Exception as e:
                 dynamic = e
+            else:
+                specialised = fixed_batch(program)
+                if specialised is None:
+                    return program, ""
+                # The batch was specialised (a branch on it, a reshape by it): the graph holds the doubled
+                # example's batch only, which the user never gave. Capture at theirs.
+                dynamic = TraceError(f"torch.export specialised the batch to {specialised}")
         try:
             program = torch.export.export(model, inputs)
         except Exception:

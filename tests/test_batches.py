@@ -96,6 +96,24 @@ def test_a_graph_fixed_to_its_batch_marks_nothing_and_converts_as_before():
     torch.testing.assert_close(converted.module()(x), model(x))
 
 
+class BranchOnBatch(nn.Module):
+    """A branch on the batch size: torch.export specialises the batch it was given to a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * (2 if x.shape[0] == 2 else 1)
+
+
+def test_a_batch_torch_export_specialises_is_captured_at_the_batch_given_not_the_doubled_one():
+    model, x = BranchOnBatch().eval(), torch.randn(1, 2, 4)  # exported at batch 2 it would hold batch 2 only
+    converted, report = fxconv.convert(model, x, capture="export")
+    assert report.fixed_batch == 1 and "torch.export specialised the batch to 2" in report.capture_note
+    torch.testing.assert_close(converted(x), model(x))
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_a_static_capture_is_asked_for_and_said(batch, tmp_path):
     model, x = Interleaved().eval(), torch.randn(batch, 4, 8)
