@@ -128,7 +128,7 @@ def _torchvision_model(name: str, args: list, kwargs: dict, spec: str) -> nn.Mod
     if name not in names:
         raise InvalidArgumentError(f"unknown torchvision model {name!r}{_did_you_mean(name, names)} "
                                    "(torchvision.models.list_models() lists its classification models)")
-    return _called(torchvision.models.get_model, spec, name, weights=None, **kwargs)
+    return _called(torchvision.models.get_model, spec, name, **{"weights": None, **kwargs})  # weights='DEFAULT' too
 
 
 def _timm_model(name: str, args: list, kwargs: dict, spec: str) -> nn.Module:
@@ -142,7 +142,7 @@ def _timm_model(name: str, args: list, kwargs: dict, spec: str) -> nn.Module:
         raise InvalidArgumentError(
             f"unknown timm model {name!r}{_did_you_mean(name, timm.list_models())} (timm.list_models() lists them)"
         )
-    return _called(timm.create_model, spec, name, pretrained=False, **kwargs)
+    return _called(timm.create_model, spec, name, **{"pretrained": False, **kwargs})  # pretrained=True too
 
 
 def _transformers_model(name: str, args: list, kwargs: dict, spec: str) -> nn.Module:
