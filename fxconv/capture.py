@@ -261,7 +261,7 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], static: bool = F
     # would capture them as the buffers' values.
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), buffers_kept(model):
         warnings.simplefilter("ignore")
-        dynamic = None
+        dynamic = program = None
         if not static:
             try:
                 program = torch.export.export(model, examples, dynamic_shapes=_batch_dynamic(model, examples))
@@ -271,15 +271,18 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], static: bool = F
                 specialised = fixed_batch(program)
                 if specialised is None:
                     return program, ""
-                # The batch was specialised (a branch on it, a reshape by it): the graph holds the doubled
-                # example's batch only, which the user never gave. Capture at theirs.
+                # The batch was specialised (a branch on it, a reshape by it): the graph holds the example's
+                # batch only — if that was doubled, one the user never gave: capture again at theirs.
                 dynamic = TraceError(f"torch.export specialised the batch to {specialised}")
-        try:
-            program = torch.export.export(model, inputs)
-        except Exception:
-            if dynamic is None:
-                raise
-            raise dynamic from None  # not a matter of the batch: the dynamic capture's error says why
+                if any(e is not i for e, i in zip(examples, inputs)):
+                    program = None
+        if program is None:
+            try:
+                program = torch.export.export(model, inputs)
+            except Exception:
+                if dynamic is None:
+                    raise
+                raise dynamic from None  # not a matter of the batch: the dynamic capture's error says why
     batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim()), None)
     why = "capture='static' asks for it" if static else f"a dynamic batch could not be captured ({first_line(dynamic)})"
     return program, f"fixed to batch {batch}: {why}"

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-from onnx.external_data_helper import uses_external_data
+from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import InvalidArgumentError, OnnxError, first_line
 from .options import RUNTIMES
@@ -89,7 +89,7 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(path, format="protobuf", load_external_data=False)  # protobuf whatever the name
     except Exception as e:
         raise OnnxError(f"{path} is not a valid ONNX model: {first_line(e)}") from e
-    data = {_data_file(t) for t in model.graph.initializer if uses_external_data(t)}
+    data = {ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)}
     missing = sorted(name for name in data if not (path.parent / name).is_file())
     if missing:
         raise OnnxError(f"{path} keeps its weights in {', '.join(missing)}, which is not beside it (in "
@@ -100,10 +100,6 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as e:
         raise OnnxError(f"{path} is not a valid ONNX model: {first_line(e)}") from e
     return model
-
-
-def _data_file(tensor: onnx.TensorProto) -> str:
-    return next(entry.value for entry in tensor.external_data if entry.key == "location")
 
 
 def op_census(model: onnx.ModelProto) -> dict[str, int]:
@@ -277,11 +273,16 @@ def _torch_reference(reference) -> Run | None:
     return run
 
 
+def declared_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The graph's inputs a caller feeds: not the initializers that files of IR version < 4 list as inputs."""
+    initializers = {i.name for i in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers]
+
+
 def _declared_example(model: onnx.ModelProto) -> tuple[np.ndarray, ...]:
     """Zeros shaped as the model's declared inputs (a free batch dim as 1); an error if other dims are free."""
-    initializers = {i.name for i in model.graph.initializer}
     arrays = []
-    for value in (v for v in model.graph.input if v.name not in initializers):
+    for value in declared_inputs(model):
         dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
         if None in dims[1:] or not dims:
             raise InvalidArgumentError(

@@ -269,7 +269,7 @@ def _from_onnx(args: argparse.Namespace, timings: _Timings) -> _Source:
     """Convert an ONNX file (never modified; ``write`` saves the result)."""
     import onnx
 
-    from .check import load_onnx
+    from .check import declared_inputs, load_onnx
     from .onnx.convert import convert_onnx
 
     with _step("loading the ONNX file", "load", timings):
@@ -283,8 +283,7 @@ def _from_onnx(args: argparse.Namespace, timings: _Timings) -> _Source:
     if shape:  # for files whose declared inputs have free dims beyond the batch (the check draws the values)
         import numpy as np
 
-        initializers = {i.name for i in original.graph.initializer}
-        declared = next(v for v in original.graph.input if v.name not in initializers).type.tensor_type.elem_type
+        declared = declared_inputs(original)[0].type.tensor_type.elem_type
         example = np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(declared))
 
     def write(path: Path) -> None:
@@ -473,14 +472,13 @@ def _write_json(path: Path, document: dict) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .check import load_onnx, op_census
+    from .check import declared_inputs, load_onnx, op_census
 
     model = load_onnx(args.file)
     graph = model.graph
-    initializers = {i.name for i in graph.initializer}
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     print(f"{args.file}: opsets {opsets}")
-    inputs = [v for v in graph.input if v.name not in initializers]
+    inputs = declared_inputs(model)
     for title, values in (("inputs", inputs), ("outputs", graph.output)):
         print(f"{title}:")
         for v in values:

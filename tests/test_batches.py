@@ -107,10 +107,11 @@ class BranchOnBatch(nn.Module):
         return self.fc(x.flatten(1)) * (2 if x.shape[0] == 2 else 1)
 
 
-def test_a_batch_torch_export_specialises_is_captured_at_the_batch_given_not_the_doubled_one():
-    model, x = BranchOnBatch().eval(), torch.randn(1, 2, 4)  # exported at batch 2 it would hold batch 2 only
+@pytest.mark.parametrize("batch", [1, 2])  # batch 1 is exported doubled: the graph would hold batch 2 only
+def test_a_batch_torch_export_specialises_is_captured_at_the_batch_given_not_the_doubled_one(batch):
+    model, x = BranchOnBatch().eval(), torch.randn(batch, 2, 4)
     converted, report = fxconv.convert(model, x, capture="export")
-    assert report.fixed_batch == 1 and "torch.export specialised the batch to 2" in report.capture_note
+    assert report.fixed_batch == batch and "torch.export specialised the batch to 2" in report.capture_note
     torch.testing.assert_close(converted(x), model(x))
 
 
