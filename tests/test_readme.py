@@ -65,3 +65,12 @@ def test_a_readme_block_runs_as_pasted(code, tmp_path):
     output = [line.rstrip() for line in done.stdout.splitlines()]
     for expected in _printed(code):
         assert _matches([line.rstrip() for line in expected], output), (expected, done.stdout)
+
+
+def test_what_the_readme_s_main_command_writes_stays_out_of_git_status():
+    import fnmatch
+
+    command = next(line for line in README.read_text().splitlines() if "fxconv convert torchvision:resnet50" in line)
+    written = re.findall(r"(?:-o|--report) (\S+)", command)
+    ignored = [p.strip() for p in (README.parent / ".gitignore").read_text().splitlines() if p.strip()]
+    assert len(written) == 2 and all(any(fnmatch.fnmatch(f, p) for p in ignored) for f in written), written
