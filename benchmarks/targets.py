@@ -69,6 +69,50 @@ class TokenMlp(nn.Module):
         return x + self.fc2(nn.functional.gelu(self.fc1(self.norm(x))))
 
 
+def rotate_half(x):
+    """Llama's: the head's two halves swapped, the first negated (the half read from the shape)."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def repeat_kv(x, n_rep: int):
+    """Hugging Face's: each of GQA's key/value heads repeated for the ``n_rep`` query heads that read it."""
+    n, heads, length, dim = x.shape
+    return x[:, :, None, :, :].expand(n, heads, n_rep, length, dim).reshape(n, heads * n_rep, length, dim)
+
+
+class RotaryBlock(nn.Module):
+    """A decoder layer's attention as Llama writes it: q, k, v split into heads, rotary embeddings on q and k
+    — on each head's first ``rotary`` dims, the rest passed through, as GPT-NeoX and Phi do — grouped key and
+    value heads repeated for the queries (GQA), causal sdpa (``is_causal=True``, as Hugging Face calls it
+    without a mask), o_proj and the residual."""
+
+    def __init__(self, width: int = 32, heads: int = 4, length: int = 8, rotary: int = 8, kv_heads: int = 4):
+        super().__init__()
+        self.heads, self.head_dim, self.rotary, self.kv_heads = heads, width // heads, rotary, kv_heads
+        self.q, self.o = nn.Linear(width, width), nn.Linear(width, width)
+        self.k, self.v = (nn.Linear(width, kv_heads * self.head_dim) for _ in range(2))
+        angles = torch.outer(torch.arange(length).float(), 10000 ** -(torch.arange(0, rotary, 2).float() / rotary))
+        angles = torch.cat((angles, angles), -1)
+        self.register_buffer("cos", angles.cos()[None, None], persistent=False)  # (1, 1, L, rotary)
+        self.register_buffer("sin", angles.sin()[None, None], persistent=False)
+
+    def forward(self, x):
+        n, length, width = x.shape
+        q, k, v = (p(x).view(n, length, -1, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q, k = self.rotate(q), self.rotate(k)
+        if self.kv_heads < self.heads:
+            k, v = repeat_kv(k, self.heads // self.kv_heads), repeat_kv(v, self.heads // self.kv_heads)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.o(y.transpose(1, 2).reshape(n, length, width))
+
+    def rotate(self, t):
+        if self.rotary == self.head_dim:
+            return t * self.cos + rotate_half(t) * self.sin
+        turned, rest = t[..., : self.rotary], t[..., self.rotary :]
+        return torch.cat((turned * self.cos + rotate_half(turned) * self.sin, rest), dim=-1)
+
+
 class Logits(nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -108,6 +152,8 @@ def suite(tiny: bool) -> dict:
                                                     num_classes=10), lambda: torch.randn(1, 3, 32, 32)),
         "BERT-tiny": (bert, lambda: torch.randint(0, 1000, (1, 16))),
         "Llama, 2 layers": (llama, lambda: torch.randint(0, 1000, (1, 16))),
+        "Llama attention, written out": (lambda: RotaryBlock(width=64, heads=4, length=16, rotary=16, kv_heads=2),
+                                         lambda: torch.randn(1, 16, 64)),
     }  # fmt: skip
 
 

@@ -36,7 +36,7 @@ import torch
 from torch import fx, nn
 from torch.export import ExportedProgram
 
-from ._util import as_tuple
+from ._util import Example
 from .capture import capture as capture_graph  # the name ``capture`` is convert's keyword
 from .capture import export_again
 from .carry import ATTENTION, CARRIED
@@ -61,7 +61,7 @@ class ConvertResult(NamedTuple):
 
 def convert(
     model: nn.Module | ExportedProgram,
-    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    example_inputs: torch.Tensor | tuple | dict,
     method: str | None = None,
     *,
     scope: str | None = None,
@@ -82,8 +82,9 @@ def convert(
     ``torch.fx.symbolic_trace`` when its graph gives the model's outputs on the example, else with
     ``torch.export`` (``capture="auto"``; ``"fx"`` or ``"export"`` choose one, ``"static"`` is
     torch.export at the example's own batch, for graphs that exist at one batch only); ``report.capture``
-    says which, and ``report.fixed_batch`` the batch a static capture runs at. ``example_inputs`` (a
-    tensor or a tuple of tensors) is run once to learn shapes.
+    says which, and ``report.fixed_batch`` the batch a static capture runs at. ``example_inputs`` — a
+    tensor, a tuple of positional inputs, or a dict of keyword inputs (``model(**example_inputs)``), each a
+    tensor or a dict, list or tuple of them — is run once to learn shapes.
     ``method`` is ``"kernel"`` (a conv whose kernel covers the map) or ``"1x1"`` (a 1x1 conv on the
     features reshaped to (N, C·H·W, 1, ...)). The model is copied first unless ``inplace=True``, in which
     case the result shares its parameters (and a GraphModule is rewritten in place). Every Linear call
@@ -121,7 +122,7 @@ def convert(
         )
     if approximate and not dense:
         raise InvalidArgumentError("approximate=True is a dense-mode option: pass dense=True too")
-    inputs = as_tuple(example_inputs)
+    inputs = Example.of(example_inputs)
     captured = capture_graph(model, inputs, capture, inplace=inplace)
     for warning in slower:
         warnings.warn(warning, FxconvWarning, stacklevel=2)

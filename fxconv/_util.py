@@ -3,21 +3,97 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves, tree_map, tree_map_only
 
 from .errors import InvalidArgumentError
 
+_PLAIN = (type(None), bool, int, float, str)  # values a call may take beside its tensors (flags, sizes)
 
-def as_tuple(example_inputs) -> tuple[torch.Tensor, ...]:
-    """The example inputs as a tuple of tensors (a single tensor is accepted too)."""
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
-        kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
-        raise InvalidArgumentError(f"example_inputs must be a tensor or a tuple of tensors, got {kinds}")
-    return tuple(inputs)
+
+@dataclass(frozen=True)
+class Example:
+    """Example inputs as a call takes them: positional ``args`` and keyword ``kwargs``, each a tensor or a
+    nest of them (dicts, lists, tuples: pytrees, as torch.export takes them) or a plain value (a flag).
+
+    ``Example.of`` reads what a user passes as ``example_inputs``: a tensor, a tuple of positional inputs,
+    or a dict of keyword inputs (``model(**inputs)``, as a tokenizer's output is passed).
+    """
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, example_inputs) -> Example:
+        if isinstance(example_inputs, Example):
+            return example_inputs
+        if isinstance(example_inputs, Mapping):
+            example = cls((), dict(example_inputs))
+        else:
+            example = cls(tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,))
+        leaves = tree_leaves((example.args, example.kwargs))
+        odd = [type(v).__name__ for v in leaves if not isinstance(v, (torch.Tensor, *_PLAIN))]
+        if odd or not any(isinstance(v, torch.Tensor) for v in leaves):
+            kinds = ", ".join(odd) or "no tensor"
+            raise InvalidArgumentError(
+                "example_inputs must be a tensor, a tuple of inputs or a dict of keyword inputs (tensors, or "
+                f"dicts, lists and tuples of them), got {kinds}"
+            )
+        return example
+
+    @property
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors, in the order torch.export and the ONNX exporter flatten them (the file's inputs)."""
+        return [v for v in tree_leaves((self.args, self.kwargs)) if isinstance(v, torch.Tensor)]
+
+    @property
+    def batch(self) -> int | None:
+        """Dim 0 of the first tensor that has one."""
+        return next((t.shape[0] for t in self.tensors if t.dim()), None)
+
+    def map(self, function) -> Example:
+        """The example with ``function`` applied to each tensor."""
+        args, kwargs = tree_map_only(torch.Tensor, function, (self.args, self.kwargs))
+        return Example(args, kwargs)
+
+    def with_tensors(self, tensors) -> Example:
+        """The example with its tensors replaced, in order, by ``tensors``."""
+        given = iter(tensors)
+        return self.map(lambda _: next(given))
+
+    def bound(self, module: nn.Module) -> Example:
+        """The same call in the form ``module`` takes it: as its torch.export input spec says (such a module
+        takes its inputs only in the form it was captured with), else as its forward's signature takes them
+        most plainly — by position where it takes a position, keyword-only parameters by keyword. Unchanged
+        where the signature cannot be read or does not take them."""
+        try:
+            bound = inspect.signature(module.forward).bind(*self.args, **self.kwargs)
+        except (TypeError, ValueError):
+            return self
+        spec = getattr(module, "_in_spec", None)
+        if spec is None:
+            return Example(bound.args, bound.kwargs)
+        args, kwargs = spec.children()
+        positional, keywords = args.num_children, kwargs.context
+        named = bound.arguments
+        return Example(tuple(named.values())[:positional], {k: named[k] for k in keywords if k in named})
+
+    def call(self, function):
+        return function(*self.args, **self.kwargs)
+
+    def by_name(self, function, per_tensor) -> dict:
+        """``per_tensor(t)`` for each tensor (None for other values), keyed by the parameter of ``function``
+        that takes it — the ``dynamic_shapes`` torch.export and the ONNX exporter take for this call (a
+        ``*args`` collects its values as a tuple). A TypeError if the signature cannot take the example."""
+        bound = inspect.signature(function).bind(*self.args, **self.kwargs).arguments
+        return {name: tree_map(lambda v: per_tensor(v) if isinstance(v, torch.Tensor) else None, value)
+                for name, value in bound.items()}  # fmt: skip
 
 
 def batch_of_two(t: torch.Tensor) -> torch.Tensor:

@@ -37,16 +37,17 @@ import torch
 from torch import fx, nn
 from torch.export import Dim, ExportedProgram
 from torch.fx import Node
+from torch.fx import _pytree as fx_pytree
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves
 
-from ._util import batch_of_two, buffers_kept, eval_mode
+from ._util import Example, batch_of_two, buffers_kept, eval_mode
 from .errors import ExampleInputError, FxconvError, InvalidArgumentError, TraceError, first_line
 from .fx.nodes import module_path
 from .options import CAPTURES
 
-__all__ = ["Captured", "capture", "export_again", "fixed_batch", "node_place", "record_shapes"]
+__all__ = ["Captured", "capture", "export_again", "fixed_batch", "graph_inputs", "node_place", "record_shapes"]
 
 _TORCH_AND_FXCONV = tuple(str(Path(p).resolve()) for p in (torch.__path__[0], Path(__file__).parent))
 _STDLIB = str(Path(sysconfig.get_path("stdlib")).resolve())
@@ -71,8 +72,10 @@ class Captured:
     fixed_batch: int | None = None  # the one batch a static capture runs at
 
 
-def capture(model, inputs: tuple[torch.Tensor, ...], how: str = "auto", *, inplace: bool = False) -> Captured:
-    """The graph of ``model`` (copied unless ``inplace``), with every node's shape recorded for ``inputs``."""
+def capture(model, inputs, how: str = "auto", *, inplace: bool = False) -> Captured:
+    """The graph of ``model`` (copied unless ``inplace``), with every node's shape recorded for ``inputs``
+    (example inputs as ``convert`` takes them, or an ``Example``)."""
+    inputs = Example.of(inputs)
     if how not in CAPTURES:
         raise InvalidArgumentError(f"unknown capture {how!r}: choose one of {', '.join(CAPTURES)}")
     if isinstance(model, ExportedProgram):
@@ -100,15 +103,17 @@ def _given_static(batch: int | None) -> str:
     return "" if batch is None else f"fixed to batch {batch}: the graph given is static"
 
 
-def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str) -> Captured:
+def _capture_module(model: nn.Module, inputs: Example, how: str) -> Captured:
     """symbolic_trace if it gives the model itself and sees every Linear (``how`` "auto" or "fx"), else torch.export."""
     note, traced = "", None
     if how in ("auto", "fx"):
         try:
             with buffers_kept(model):  # tracing, and the graph, may update the model's tensors in place
-                gm = _symbolic_trace(model, len(inputs))
-                if any(n.op == "placeholder" and n.target.startswith("*") for n in gm.graph.nodes):
-                    raise TraceError(f"symbolic_trace takes the *args of {type(model).__name__}.forward as one input")
+                gm = _symbolic_trace(model, inputs)
+                packed = [n.target for n in gm.graph.nodes if n.op == "placeholder" and n.target.startswith("*")]
+                if packed:  # *args, **kwargs: one placeholder, which the rewrite cannot see into
+                    raise TraceError(f"symbolic_trace takes the {packed[0]} of {type(model).__name__}.forward as "
+                                     "one input")  # fmt: skip
                 try:
                     outputs = record_shapes(gm, inputs)
                 except ExampleInputError as e:
@@ -144,7 +149,7 @@ def _capture_module(model: nn.Module, inputs: tuple[torch.Tensor, ...], how: str
             f"{first_line(e)}. Make that code traceable, or trace the model yourself (for example with a "
             "torch.fx.Tracer whose is_leaf_module keeps that module whole) and pass the GraphModule to fxconv"
         ) from e
-    gm = program.module()
+    gm = program.module(check_guards=not _guards_read_var_keywords(program, model))
     record_shapes(gm, inputs)
     return Captured(gm, "torch.export", "; ".join(filter(None, (fixed, note))), fixed_batch=fixed_batch(gm))
 
@@ -200,7 +205,7 @@ def _library(function) -> str:
     return (getattr(function, "__module__", None) or "torch").split(".")[0]
 
 
-def _symbolic_trace(model: nn.Module, given: int) -> fx.GraphModule:
+def _symbolic_trace(model: nn.Module, given: Example) -> fx.GraphModule:
     """``torch.fx.symbolic_trace``, with each module's train/eval flag kept; a TraceError says where it stopped.
 
     The arguments the example leaves to their defaults (``attn_mask=None``, ``return_dict=False``) are traced
@@ -235,28 +240,31 @@ def _entry(model: nn.Module) -> str:
     return f" on the signature of {type(model).__name__}.forward ({Path(file).name}:{line}, a decorated forward)"
 
 
-def _defaults_after(model: nn.Module, given: int) -> dict:
-    """The forward's parameters after the first ``given`` whose defaults are plain values (None, flags, numbers)."""
+def _defaults_after(model: nn.Module, given: Example) -> dict:
+    """The forward's parameters the example leaves to their defaults, where those are plain values (None,
+    flags, numbers)."""
     try:
-        parameters = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return {}
-    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters[:given]):
+        signature = inspect.signature(model.forward)
+        named = signature.bind(*given.args, **given.kwargs).arguments
+    except (TypeError, ValueError):  # no signature to read, or it does not take the example: tracing will say
         return {}
     plain = (type(None), bool, int, float, str)
-    return {p.name: p.default for p in parameters[given:]
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and isinstance(p.default, plain)}  # fmt: skip
+    return {p.name: p.default for p in signature.parameters.values()
+            if p.name not in named and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and isinstance(p.default, plain)}  # fmt: skip
 
 
-def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], static: bool = False) -> tuple[ExportedProgram, str]:
+def _export(model: nn.Module, inputs: Example, static: bool = False) -> tuple[ExportedProgram, str]:
     """torch.export with a dynamic batch (examples of batch 1 doubled: export specialises a batch of 1);
     where that cannot be had, or ``static`` asks for it, static at the example's own batch, with a note
     that says so.
 
     Static is what a decode step over a fixed-size KV cache, or a model whose export specialises the
-    batch, can be: its graph runs at that batch only, and never at one the user did not give.
+    batch, can be: its graph runs at that batch only, and never at one the user did not give. A dynamic
+    graph that holds for some batches only (a branch ``if x.shape[0] == 2`` leaves torch.export's guard
+    ``x.size()[0] != 2``) would fail where the model runs: it is captured static too.
     """
-    examples = tuple(batch_of_two(t) for t in inputs)
+    examples = inputs.map(batch_of_two)
     # buffers_kept: a failed export can leave a forward's in-place updates behind, and the next one
     # would capture them as the buffers' values.
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]), buffers_kept(model):
@@ -264,56 +272,82 @@ def _export(model: nn.Module, inputs: tuple[torch.Tensor, ...], static: bool = F
         dynamic = program = None
         if not static:
             try:
-                program = torch.export.export(model, examples, dynamic_shapes=_batch_dynamic(model, examples))
+                program = torch.export.export(model, examples.args, examples.kwargs,
+                                              dynamic_shapes=_batch_dynamic(model, examples))
             except Exception as e:
                 dynamic = e
             else:
-                specialised = fixed_batch(program)
-                if specialised is None:
+                specialised, guards = fixed_batch(program), _batch_guards(program)
+                if specialised is None and not guards:
                     return program, ""
-                # The batch was specialised (a branch on it, a reshape by it): the graph holds the example's
-                # batch only — if that was doubled, one the user never gave: capture again at theirs.
-                dynamic = TraceError(f"torch.export specialised the batch to {specialised}")
-                if any(e is not i for e, i in zip(examples, inputs)):
+                # The batch was specialised (a branch on it, a reshape by it), or the graph holds for some
+                # batches only: capture again at the user's own batch (a doubled example is one they never
+                # gave; a specialised graph of their own batch is kept).
+                doubled = any(a is not b for a, b in zip(examples.tensors, inputs.tensors))
+                if specialised is not None:
+                    dynamic = TraceError(f"torch.export specialised the batch to {specialised}")
+                else:
+                    dynamic = TraceError(f"torch.export's graph holds only where {' and '.join(guards)}")
+                if specialised is None or doubled:
                     program = None
         if program is None:
             try:
-                program = torch.export.export(model, inputs)
+                program = torch.export.export(model, inputs.args, inputs.kwargs)
             except Exception:
                 if dynamic is None:
                     raise
                 raise dynamic from None  # not a matter of the batch: the dynamic capture's error says why
-    batch = next((t.shape[0] for t in inputs if isinstance(t, torch.Tensor) and t.dim()), None)
     why = "capture='static' asks for it" if static else f"a dynamic batch could not be captured ({first_line(dynamic)})"
-    return program, f"fixed to batch {batch}: {why}"
+    return program, f"fixed to batch {inputs.batch}: {why}"
 
 
-def _batch_dynamic(model: nn.Module, examples: tuple) -> tuple | dict:
-    """``dynamic_shapes`` with dim 0 of every example free, shaped as the forward's signature takes them:
-    by parameter name, the examples a ``*args`` collects as one tuple."""
+def _batch_guards(program: ExportedProgram) -> list[str]:
+    """The checks torch.export's graph makes on the batch (``x.size()[0] != 2``): the batches it does not
+    hold for. Checks that relate two inputs' batches (``x.size()[0] == mask.size()[0]``) hold for every
+    batch fxconv runs. (``_guards_code`` is where an ExportedProgram keeps them, as Python source.)"""
+    guards = []
+    for code in getattr(program, "_guards_code", None) or ():
+        batches = set(re.findall(r"(\S+?)\.size\(\)\[0\]", code))
+        if len(batches) == 1:
+            guards.append(re.sub(r"L\['(\w+)'\]", r"\1", code))
+    return guards
+
+
+def _guards_read_var_keywords(program: ExportedProgram, model: nn.Module) -> bool:
+    """Whether a guard reads an input that ``**kwargs`` collected (``L['extra']['scale']``), which the
+    module's guard function cannot (torch 2.14: NameError: name 'L' is not defined). Its checks are then
+    left out; the input-spec hook still checks the inputs' shapes."""
+    try:
+        names = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind == p.VAR_KEYWORD]
+    except (TypeError, ValueError):
+        return False
+    return any(f"L['{name}']" in code for name in names for code in getattr(program, "_guards_code", None) or ())
+
+
+def _batch_dynamic(model: nn.Module, examples: Example) -> tuple | dict:
+    """``dynamic_shapes`` with dim 0 of every example tensor free, shaped as the forward's signature takes
+    them (by parameter name: keyword inputs, a ``*args`` as one tuple, dicts and lists as they are)."""
     def free(t):
         return {0: Dim.AUTO} if t.dim() else {}
 
     try:
-        parameters = inspect.signature(model.forward).parameters
-        bound = inspect.signature(model.forward).bind(*examples).arguments
+        return examples.by_name(model.forward, free)
     except (TypeError, ValueError):  # no signature to read, or it does not take them: export will say why
-        return tuple(free(t) for t in examples)
-    return {name: tuple(free(t) for t in value) if parameters[name].kind == inspect.Parameter.VAR_POSITIONAL
-            else free(value) for name, value in bound.items()}
+        return tuple(free(t) for t in examples.tensors)
 
 
-def export_again(gm: fx.GraphModule, program: ExportedProgram, inputs: tuple[torch.Tensor, ...]) -> ExportedProgram:
+def export_again(gm: fx.GraphModule, program: ExportedProgram, inputs: Example) -> ExportedProgram:
     """The rewritten graph of an ExportedProgram as an ExportedProgram, dynamic where the original was."""
-    specs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
-    dynamic = tuple(
-        {d: Dim.AUTO for d, size in enumerate(n.meta["val"].shape) if not isinstance(size, int)} for n in specs
-    )
-    examples = tuple(batch_of_two(t) if 0 in dims else t for t, dims in zip(inputs, dynamic))
+    users = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+    leaves = fx_pytree.tree_flatten_spec((list(inputs.args), inputs.kwargs), program.call_spec.in_spec)
+    free = {id(leaf): {d: Dim.AUTO for d, size in enumerate(n.meta["val"].shape) if not isinstance(size, int)}
+            for leaf, n in zip(leaves, users) if isinstance(leaf, torch.Tensor)}  # fmt: skip
+    examples = inputs.map(lambda t: batch_of_two(t) if 0 in free[id(t)] else t)
     try:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")
-            return torch.export.export(gm, examples, dynamic_shapes=dynamic)
+            return torch.export.export(gm, examples.args, examples.kwargs,
+                                       dynamic_shapes=inputs.by_name(gm.forward, lambda t: free[id(t)]))
     except Exception as e:
         raise TraceError(f"torch.export of the converted program failed: {first_line(e)}") from e
 
@@ -329,10 +363,10 @@ def _copy(model: nn.Module) -> nn.Module:
         ) from e
 
 
-def _run(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
+def _run(model: nn.Module, inputs: Example):
     """The model's outputs on ``inputs``, in eval mode, leaving its state and the RNG as they were."""
     with torch.no_grad(), eval_mode(model), buffers_kept(model), torch.random.fork_rng(devices=[]):
-        return model(*inputs)
+        return inputs.call(model)
 
 
 def _in_the_models_words(error: ExampleInputError, model: nn.Module, inputs) -> FxconvError:
@@ -404,20 +438,34 @@ class _ShapeRecorder(fx.Interpreter):
         return f"the model expects {want} (its first layer, {node_place(n)}, is {layer}); the example is {shape}"
 
 
-def record_shapes(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]):
+def graph_inputs(gm: fx.GraphModule, inputs: Example) -> list:
+    """The values of ``gm``'s placeholders for a call with ``inputs``, in order: the flattened tensors for a
+    graph of torch.export's (its placeholders are the pytree's leaves), else the forward's parameters bound
+    (keyword inputs by name, defaults where the example gives none)."""
+    spec = getattr(gm, "_in_spec", None)
+    if spec is not None:
+        return fx_pytree.tree_flatten_spec((list(inputs.args), inputs.kwargs), spec)
+    try:
+        bound = inspect.signature(gm.forward).bind(*inputs.args, **inputs.kwargs)
+    except TypeError as e:
+        names = ", ".join(n.target for n in gm.graph.nodes if n.op == "placeholder")
+        raise ExampleInputError(f"the model's forward({names}) does not take the example inputs: {e}") from e
+    bound.apply_defaults()
+    return list(bound.args)
+
+
+def record_shapes(gm: fx.GraphModule, inputs: Example):
     """Record every node's shape for ``inputs``, leaving the model's state and the RNG as they were."""
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(inputs) > len(placeholders):
-        raise ExampleInputError(f"the model takes {len(placeholders)} inputs, {len(inputs)} were given")
+    values = graph_inputs(gm, inputs)
     # Eval mode so that BatchNorm running statistics are not updated by this extra run; the shapes are
     # the same in both modes. fork_rng so that dropout here does not shift the user's random stream.
     with torch.no_grad(), eval_mode(gm), buffers_kept(gm), torch.random.fork_rng(devices=[]):
-        outputs = _ShapeRecorder(gm).run(*inputs)
+        outputs = _ShapeRecorder(gm).run(*values)
         _record_batch_dims(gm, inputs)
     return outputs
 
 
-def _record_batch_dims(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> None:
+def _record_batch_dims(gm: fx.GraphModule, inputs: Example) -> None:
     """Which dims of each node's tensor change with the batch: ``node.meta["batch_dims"]``, {dim: a*N+c}.
 
     One example cannot tell them apart: at batch 1, MultiheadAttention's (1, N·heads, d) looks like a
@@ -425,13 +473,12 @@ def _record_batch_dims(gm: fx.GraphModule, inputs: tuple[torch.Tensor, ...]) -> 
     once more, every input one row longer, and a dim whose size moved is marked with the size as a function
     of the batch N (``"N"``, ``"4N"``). A graph that runs at its example's batch only marks none.
     """
-    tensors = [t for t in inputs if isinstance(t, torch.Tensor) and t.dim()]
-    if not tensors:
+    batch = inputs.batch
+    if batch is None:
         return
-    batch = tensors[0].shape[0]
-    grown = tuple(torch.cat([t, t[:1]]) if isinstance(t, torch.Tensor) and t.dim() else t for t in inputs)
+    grown = inputs.map(lambda t: torch.cat([t, t[:1]]) if t.dim() else t)
     try:
-        _ShapeRecorder(gm, key="grown_shape").run(*grown)
+        _ShapeRecorder(gm, key="grown_shape").run(*graph_inputs(gm, grown))
     except Exception:  # fixed to the example's batch (a static capture, a cache of one size): no dim moves
         for n in gm.graph.nodes:
             n.meta.pop("grown_shape", None)

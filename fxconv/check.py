@@ -203,15 +203,17 @@ def check_onnx(
 
     ``reference`` is a PyTorch model (run in eval mode) or another ONNX file — a path or a ModelProto,
     run in the same runtime (as when proving ``convert_onnx``'s output equal to its input; torch is not
-    needed then). ``example_inputs`` are tensors or NumPy arrays; without them they are made from the
-    reference file's declared input shapes and types, which must be static but for the batch.
+    needed then). ``example_inputs`` are NumPy arrays, or tensors as :func:`fxconv.convert` takes them (a
+    tuple, a dict of keyword inputs, nests): the file is fed their tensors in order, and a PyTorch reference
+    is called with them as the example passes them. Without them they are made from the reference file's
+    declared input shapes and types, which must be static but for the batch.
     ``batch_sizes`` defaults to 1 and one size larger than the example's batch (the file's own batch if
     it is static). ``rtol``/``atol`` default to the example's dtype (:func:`tolerance`). A missing,
     corrupt or interface-mismatched file, or one the runtime cannot run (float64 convolutions in
     onnxruntime), raises :class:`OnnxError`; differing numbers give ``passed=False``.
     """
     with contextlib.ExitStack() as stack:
-        run_reference, reference_file = _reference(reference, runtime, stack)
+        run_reference, reference_file = _reference(reference, example_inputs, runtime, stack)
         if example_inputs is None:
             if reference_file is None:
                 raise InvalidArgumentError("check_onnx needs example_inputs to run a PyTorch reference model")
@@ -222,22 +224,37 @@ def check_onnx(
 
 
 def _arrays(example_inputs) -> tuple[np.ndarray, ...]:
-    """The example inputs (a tensor or array, or a tuple of them) as NumPy arrays."""
+    """The example's tensors as NumPy arrays: arrays, or tensors as ``convert`` takes them (a tuple, a dict
+    of keyword inputs, nests of them)."""
+    given = _torch_example(example_inputs)
+    if given is not None:
+        return tuple(t.detach().cpu().numpy() for t in given.tensors)
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    torch = sys.modules.get("torch")  # a tensor exists only where torch was imported
-    tensor = (lambda t: isinstance(t, torch.Tensor)) if torch else (lambda t: False)
-    if not inputs or not all(isinstance(t, np.ndarray) or tensor(t) for t in inputs):
+    if not inputs or not all(isinstance(a, np.ndarray) for a in inputs):
         kinds = ", ".join(type(t).__name__ for t in inputs) or "nothing"
         raise InvalidArgumentError(f"example_inputs must be tensors or arrays, or a tuple of them, got {kinds}")
-    return tuple(t.detach().cpu().numpy() if tensor(t) else t for t in inputs)
+    return tuple(inputs)
+
+
+def _torch_example(example_inputs):
+    """The example as an ``fxconv._util.Example`` where it holds torch tensors, else None (NumPy arrays,
+    or nothing: torch is imported only where a tensor can exist)."""
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if "torch" not in sys.modules or example_inputs is None or all(isinstance(a, np.ndarray) for a in inputs):
+        return None
+    from ._util import Example
+
+    return Example.of(example_inputs)
 
 
 Run = Callable[[tuple[np.ndarray, ...]], list[np.ndarray]]
 
 
-def _reference(reference, runtime: str, stack: contextlib.ExitStack) -> tuple[Run, onnx.ModelProto | None]:
+def _reference(
+    reference, example_inputs, runtime: str, stack: contextlib.ExitStack
+) -> tuple[Run, onnx.ModelProto | None]:
     """(a call from input arrays to output arrays, the reference's ModelProto if it is a file, else None)."""
-    run_module = _torch_reference(reference)
+    run_module = _torch_reference(reference, example_inputs)
     if run_module is not None:
         return run_module, None
     if isinstance(reference, onnx.ModelProto):
@@ -254,8 +271,9 @@ def _reference(reference, runtime: str, stack: contextlib.ExitStack) -> tuple[Ru
     return (lambda inputs: session.run(list(inputs))), model
 
 
-def _torch_reference(reference) -> Run | None:
-    """A call running a PyTorch reference (in eval mode) on arrays; None if ``reference`` is none."""
+def _torch_reference(reference, example_inputs) -> Run | None:
+    """A call running a PyTorch reference (in eval mode) on arrays, which it passes as the example passes its
+    tensors (by position, by keyword, in dicts); None if ``reference`` is none."""
     torch = sys.modules.get("torch")  # a PyTorch model exists only where torch was imported
     if torch is None:
         return None
@@ -263,11 +281,17 @@ def _torch_reference(reference) -> Run | None:
         reference = reference.module()
     if not isinstance(reference, torch.nn.Module):
         return None
-    from ._util import eval_mode
+    from ._util import Example, eval_mode
+
+    given = _torch_example(example_inputs)
+    if given is not None:
+        given = given.bound(reference)
 
     def run(inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        tensors = [torch.from_numpy(a) for a in inputs]
+        call = given.with_tensors(tensors) if given is not None else Example(tuple(tensors))
         with torch.no_grad(), eval_mode(reference):
-            outputs = _tensors(reference(*(torch.from_numpy(a) for a in inputs)), torch)
+            outputs = _tensors(call.call(reference), torch)
         return [t.detach().to(torch.float64).numpy() for t in outputs]
 
     return run

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._util import as_tuple, eval_mode
+from ._util import Example, eval_mode
 from .errors import InvalidArgumentError
 
 __all__ = ["ETHOS_U", "EthosU", "coreml_ops", "ethos_u"]
@@ -60,7 +60,7 @@ def ethos_u(model: nn.Module, example_inputs, device: str = "ethos-u55-128", cal
         raise InvalidArgumentError(
             f"the Ethos-U flow needs ExecuTorch and Vela: pip install 'fxconv[ethos-u]' ({e})"
         ) from e
-    inputs = as_tuple(example_inputs)
+    inputs = Example.of(example_inputs)
     if isinstance(model, torch.export.ExportedProgram):
         model = model.module()
     system, memory = ETHOS_U[device]
@@ -70,12 +70,16 @@ def ethos_u(model: nn.Module, example_inputs, device: str = "ethos-u55-128", cal
         quantizer = EthosUQuantizer(spec)
         quantizer.set_global(get_symmetric_quantization_config())
         with eval_mode(model):
-            prepared = prepare_pt2e(torch.export.export(model, inputs).module(check_guards=False), quantizer)
+            captured = torch.export.export(model, inputs.args, inputs.kwargs)
+            prepared = prepare_pt2e(captured.module(check_guards=False), quantizer)
         generator = torch.Generator().manual_seed(0)
+        def draw(t):
+            return torch.randn(t.shape, generator=generator) if t.is_floating_point() else t
+
         for _ in range(calibration):
-            prepared(*(torch.randn(t.shape, generator=generator) if t.is_floating_point() else t for t in inputs))
+            inputs.map(draw).call(prepared)
         quantized = convert_pt2e(prepared)
-        program = torch.export.export(quantized, inputs)
+        program = torch.export.export(quantized, inputs.args, inputs.kwargs)
         lowered = to_edge_transform_and_lower(program, partitioner=[EthosUPartitioner(spec)])
         summaries = glob.glob(f"{folder}/**/out_summary_*.csv", recursive=True)
         cycles = sum(int(float(next(csv.DictReader(open(path)))["cycles_total"])) for path in summaries)
@@ -91,15 +95,17 @@ def coreml_ops(model: nn.Module, example_inputs, via: str = "export") -> collect
             import coremltools as ct
     except ImportError as e:
         raise InvalidArgumentError(f"the Core ML check needs coremltools: pip install 'fxconv[coreml]' ({e})") from e
-    inputs = as_tuple(example_inputs)
+    inputs = Example.of(example_inputs)
+    if via == "trace" and inputs.kwargs:
+        raise InvalidArgumentError("via='trace' takes positional inputs only, as torch.jit.trace does")
     if isinstance(model, torch.export.ExportedProgram):
         model = model.module()
     with _quiet(), eval_mode(model), torch.no_grad():
         if via == "export":
-            source, shapes = torch.export.export(model, inputs).run_decompositions({}), None
+            source, shapes = torch.export.export(model, inputs.args, inputs.kwargs).run_decompositions({}), None
         elif via == "trace":
-            source = torch.jit.trace(model, inputs)
-            shapes = [ct.TensorType(shape=t.shape) for t in inputs]
+            source = torch.jit.trace(model, inputs.args)
+            shapes = [ct.TensorType(shape=t.shape) for t in inputs.tensors]
         else:
             raise InvalidArgumentError(f"via must be 'export' or 'trace', got {via!r}")
         ml = ct.convert(source, inputs=shapes, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS17,

@@ -17,6 +17,7 @@ Uses ``torch.onnx.export`` (the torch.export-based exporter, which needs onnxscr
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import tempfile
@@ -31,7 +32,7 @@ from torch.export import ExportedProgram
 
 from ._opset import lower_opset
 from ._tidy import tidy
-from ._util import as_tuple, batch_of_two, eval_mode, quiet
+from ._util import Example, batch_of_two, eval_mode, quiet
 from .capture import fixed_batch
 from .errors import InvalidArgumentError, OnnxError, first_line
 from .options import OLDEST_OPSET
@@ -47,7 +48,7 @@ OPSETS = range(OLDEST_OPSET, onnx.defs.onnx_opset_version() + 1)
 
 def export_onnx(
     module: nn.Module | ExportedProgram,
-    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    example_inputs: torch.Tensor | tuple | dict,
     path: str | os.PathLike,
     *,
     batch: int | None = None,
@@ -63,7 +64,9 @@ def export_onnx(
     exported at that batch; an int fixes it (the example's rows are repeated or cut to that size). With
     ``dynamic_spatial=True`` the spatial dims are free too (``dim2``, ``dim3``, ...: for dense models). An
     ``ExportedProgram`` is exported dynamic where it is, unless ``batch`` is given. ``opset`` is any of
-    :data:`OPSETS` (default: the exporter's own, 20 in torch 2.9+). Inputs are named ``input`` and outputs
+    :data:`OPSETS` (default: the exporter's own, 20 in torch 2.9+). ``example_inputs`` as
+    :func:`fxconv.convert` takes them (a tuple, a dict of keyword inputs, nests): the file takes each tensor
+    as an input, in the order torch.export flattens them. Inputs are named ``input`` and outputs
     ``output`` (``input_0``, ``input_1``, ... when there are several) unless named here. Models under 2 GB
     are one self-contained file; larger ones keep their weights in ``<path>.data`` beside it. An existing
     file at ``path`` is replaced only once the new one is complete.
@@ -75,27 +78,37 @@ def export_onnx(
         raise InvalidArgumentError(f"opset {opset} is not one fxconv writes: choose {OPSETS[0]} to {OPSETS[-1]}")
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise InvalidArgumentError(f"batch must be a positive int or None (dynamic), got {batch!r}")
-    example = as_tuple(example_inputs)
-    if input_names is not None and len(input_names) != len(example):
-        raise InvalidArgumentError(f"the model takes {len(example)} inputs; input_names gives {list(input_names)}")
+    example = Example.of(example_inputs)
+    if not isinstance(module, ExportedProgram):
+        example = example.bound(module)  # as capture passed it to torch.export
+    count = len(example.tensors)
+    if input_names is not None and len(input_names) != count:
+        raise InvalidArgumentError(f"the model takes {count} input tensors; input_names gives {list(input_names)}")
     if batch is None and fixed_batch(module) is not None:  # a static capture runs at its batch only
         batch = fixed_batch(module)
     if batch is None:
-        inputs = tuple(batch_of_two(t) for t in example)
+        inputs = example.map(batch_of_two)
     else:
-        inputs = tuple(t[torch.arange(batch) % t.shape[0]] for t in example)
+        inputs = example.map(lambda t: t[torch.arange(batch) % t.shape[0]] if t.dim() else t)
         if isinstance(module, ExportedProgram):
             module = module.module()  # re-captured at the fixed batch
     exported = isinstance(module, ExportedProgram)
-    dynamic = None if exported else tuple(_dynamic_dims(t, batch is None, dynamic_spatial) for t in inputs)
-    if dynamic is not None and not any(dynamic):
-        dynamic = None
+    dynamic = None
+    if not exported and (batch is None or dynamic_spatial):
+        dims = functools.partial(_dynamic_dims, batch=batch is None, spatial=dynamic_spatial)
+        try:
+            dynamic = inputs.by_name(module.forward, dims)
+        except (TypeError, ValueError):  # no signature to read: the exporter's own message says why
+            dynamic = tuple(map(dims, inputs.tensors))
+    args = inputs.args
+    if args and isinstance(args[-1], dict) and not inputs.kwargs:
+        args += ({},)  # torch.onnx reads a last dict as the keyword inputs, unless an empty one follows it
     try:
         with contextlib.nullcontext() if exported else eval_mode(module), warnings.catch_warnings(), quiet(_CONVERTER):
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
             program = torch.onnx.export(
-                module, inputs, dynamo=True, dynamic_shapes=dynamic, verbose=False, optimize=False,
-                opset_version=max(opset, _EXPORTER_OPSET) if opset else None,
+                module, args, kwargs=inputs.kwargs, dynamo=True, dynamic_shapes=dynamic, verbose=False,
+                optimize=False, opset_version=max(opset, _EXPORTER_OPSET) if opset else None,
             )
     except Exception as e:
         raise OnnxError(f"torch.onnx.export failed for {type(module).__name__}: {first_line(e)}") from e

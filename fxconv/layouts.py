@@ -315,11 +315,44 @@ class SplitLayout:
         return SplitLayout(tuple(self.order[d] for d in order), self.factors)
 
     def leave_steps(self) -> list[Step]:
-        """(N, C, 1, L) -> (N, *factors, L) -> the value's order."""
-        held = ("N", *range(len(self.factors)), "L")
-        perm = tuple(held.index(d) for d in self.order)
-        steps: list[Step] = [("squeeze", (2,)), ("unflatten", 1, self.factors)]
+        """(N, C, 1, L) -> the grouped view (N, *factors, L) -> the value's order."""
+        perm = tuple(self._grouped.index(d) for d in self.order)
+        return self.group_steps() if _identity(perm) else [*self.group_steps(), ("permute", perm)]
+
+    # The grouped view (N, *factors, L): the form with its channels unflattened, a view of its memory. An op
+    # along a factor — a slice or concatenation of a head's dims (the halves rotary embeddings rotate), an
+    # operand that broadcasts over the heads (their cos and sin) — runs there, and its result is the form of
+    # the op's output once flattened back (a reshape: nothing moves in memory but what the op itself moves).
+
+    @property
+    def _grouped(self) -> tuple:
+        return ("N", *range(len(self.factors)), "L")
+
+    def form_dim(self, dim: int) -> int | None:
+        """The form's dim holding the value's ``dim`` (the batch or the positions); None for a factor."""
+        return {"N": 0, "L": 3}.get(self.order[dim])
+
+    def grouped_dim(self, dim: int) -> int:
+        """The value's ``dim`` in the grouped view."""
+        return self._grouped.index(self.order[dim])
+
+    def group_steps(self) -> list[Step]:
+        """The form (N, C, 1, L) -> the grouped view (N, *factors, L)."""
+        return [("squeeze", (2,)), ("unflatten", 1, self.factors)]
+
+    def ungroup_steps(self) -> list[Step]:
+        """The grouped view -> the form (N, C, 1, L)."""
+        return [("reshape", (KEEP, math.prod(self.factors), 1, -1))]
+
+    def operand_steps(self, rank: int) -> list[Step]:
+        """An operand of ``rank`` dims that broadcasts against the value -> the grouped view's order."""
+        steps: list[Step] = [("unsqueeze", (0,) * (self.rank - rank))] if rank < self.rank else []
+        perm = tuple(self.order.index(d) for d in self._grouped)
         return steps if _identity(perm) else [*steps, ("permute", perm)]
+
+    def of_shape(self, shape: tuple) -> SplitLayout:
+        """The layout of a value of ``shape`` with this one's dims (after a slice, a concatenation, a broadcast)."""
+        return SplitLayout(self.order, tuple(shape[self.order.index(i)] for i in range(len(self.factors))))
 
 
 Layout = PositionLayout | MapLayout | SplitLayout

@@ -19,7 +19,9 @@ figures behind each choice: ``python benchmarks/bench.py --only targets`` (READM
   A Linear on a vector (a pooled head, a head's later Linears) costs the same cycles either way: kept.
 * ``coreml`` (Core ML's converter, for the Apple Neural Engine): Apple's guidance — every Linear a 1x1
   convolution in (B, C, 1, S), the ops between kept in that layout (LayerNorm and RMSNorm over the
-  channels, which coremltools fuses back into one ``layer_norm``), batch first (``layout="batched"``).
+  channels, which coremltools fuses back into one ``layer_norm``; attention split per head with Apple's
+  einsums, causal or masked; rotary embeddings and GQA's repeated key heads on the heads' channels),
+  batch first (``layout="batched"``).
 """
 
 from __future__ import annotations

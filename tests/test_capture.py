@@ -365,6 +365,75 @@ def test_a_forward_of_varargs_converts_through_torch_export(how, tmp_path):
         fxconv.convert(model, (x, y), capture="fx")
 
 
+class KeywordOnly(nn.Module):
+    """``forward(self, x, *, mask, scale=1.0)``: a keyword-only tensor beside a plain default."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x, *, mask, scale=1.0):
+        return self.fc(torch.flatten(self.conv(x) * mask, 1)) * scale
+
+
+class DictInput(KeywordOnly):
+    """``forward(self, batch)``: a dict of tensors, one of them in a list (a data loader's batch)."""
+
+    def forward(self, batch):
+        return self.fc(torch.flatten(self.conv(batch["image"]) + batch["extra"][0], 1))
+
+
+def keyword_example(batch):  # as model(**inputs) takes it: a dict of keyword inputs
+    return {"x": torch.randn(batch, 3, 8, 8), "mask": torch.rand(batch, 4, 6, 6)}
+
+
+def dict_example(batch):  # one positional input, a dict
+    return ({"image": torch.randn(batch, 3, 8, 8), "extra": [torch.randn(batch, 4, 6, 6)]},)
+
+
+def call(module, inputs):
+    return module(**inputs) if isinstance(inputs, dict) else module(*inputs)
+
+
+@pytest.mark.parametrize("how", ["fx", "export"])
+@pytest.mark.parametrize(("model", "make"), [(KeywordOnly, keyword_example), (DictInput, dict_example)],
+                         ids=["keyword-only", "dict"])  # fmt: skip
+def test_keyword_and_dict_inputs_convert_under_both_captures_and_export(model, make, how, tmp_path):
+    model, example = model().eval(), make(1)
+    module, report = fxconv.convert(model, example, capture=how, strict=True)
+    assert report.capture == {"fx": "symbolic_trace", "export": "torch.export"}[how] and report.fixed_batch is None
+    assert [c.name for c in report.converted] == ["fc"]
+    for batch in (1, 2, 3):
+        inputs = make(batch)
+        torch.testing.assert_close(call(module, inputs), call(model, inputs))
+    path = fxconv.export_onnx(module, example, tmp_path / "k.onnx")
+    assert [i.name for i in fxconv.load_onnx(path).graph.input] == ["input_0", "input_1"]  # every tensor an input
+    check = fxconv.check_onnx(path, model, example)
+    assert check.passed and check.batch_sizes == (1, 3) and "Gemm" not in check.ops, check
+
+
+class VarKeywords(KeywordOnly):
+    """``forward(self, x, **extra)``: keyword inputs collected in a dict (adapter and wrapper forwards)."""
+
+    def forward(self, x, **extra):
+        return self.fc(torch.flatten(self.conv(x) * extra["mask"], 1))
+
+
+def test_keyword_inputs_a_var_keyword_forward_collects_convert_through_torch_export(tmp_path):
+    model, example = VarKeywords().eval(), keyword_example(1)
+    module, report = fxconv.convert(model, example, strict=True)
+    assert report.capture == "torch.export" and report.fixed_batch is None
+    for batch in (1, 3):
+        inputs = keyword_example(batch)
+        torch.testing.assert_close(module(**inputs), model(**inputs))
+    assert fxconv.check_onnx(fxconv.export_onnx(module, example, tmp_path / "v.onnx"), model, example).passed
+
+
+def test_keyword_inputs_the_forward_does_not_take_are_an_example_error():
+    with pytest.raises(fxconv.ExampleInputError, match=r"does not take the example inputs: missing .*'mask'"):
+        fxconv.convert(KeywordOnly().eval(), {"x": torch.randn(1, 3, 8, 8)})
+
+
 class DecodeStep(nn.Module):
     """A decode step over a fixed-size KV cache: each call writes one token's key at ``pos`` (in place,
     as Hugging Face's StaticCache does with index_copy_) and attends over the cache — batch 1 only."""

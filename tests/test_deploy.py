@@ -148,7 +148,7 @@ def test_shape_slices_are_lowered_and_computed_reshapes_name_their_opset(tmp_pat
     ({"opset": 99}, "opset 99"),
     ({"batch": 0}, "batch must be a positive int"),
     ({"batch": 2.0}, "batch must be a positive int"),
-    ({"input_names": ["a", "b"]}, "takes 1 inputs; input_names gives"),
+    ({"input_names": ["a", "b"]}, "takes 1 input tensors; input_names gives"),
     ({"output_names": ["same", "same", "x"]}, "3 outputs; output_names gives"),
 ])  # fmt: skip
 def test_bad_export_arguments_are_refused(kwargs, match, tmp_path):

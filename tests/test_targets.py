@@ -9,6 +9,8 @@ compared exactly.
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +20,9 @@ import fxconv
 
 from conftest import assert_same_outputs
 from test_scope import Mlp
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))  # the models the Targets table measures
+from targets import CifarCnn, RotaryBlock
 
 DEVICES = ("ethos-u55-128", "ethos-u85-256")
 
@@ -32,19 +37,6 @@ def _compilers():
     from fxconv import compilers
 
     return compilers
-
-
-class CifarCnn(nn.Module):
-    """Two conv stages, then a head on the flattened NCHW map (32x8x8)."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                                      nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))  # fmt: skip
-        self.fc1, self.fc2 = nn.Linear(32 * 8 * 8, 64), nn.Linear(64, 10)
-
-    def forward(self, x):
-        return self.fc2(torch.relu(self.fc1(torch.flatten(self.features(x), 1))))
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +146,30 @@ def test_core_ml_runs_a_transformer_in_b_c_1_s_with_no_more_transposes_than_the_
         assert converted["transpose"] <= original["transpose"], (via, converted["transpose"], original["transpose"])
         assert converted["reshape"] <= original["reshape"], via
         assert converted["einsum"] > 0, via  # the split-einsum attention
+
+
+@pytest.mark.parametrize(("rotary", "kv_heads"), [(8, 4), (4, 4), (8, 2)], ids=["rotary", "partial-rotary", "gqa"])
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_core_ml_carries_rotary_embeddings_and_causal_attention_in_b_c_1_s(rotary, kv_heads, capture, coreml,
+                                                                          tmp_path):
+    """The halves rotary embeddings rotate are slices and a concatenation of each head's channels, cos and sin
+    broadcast over the heads, GQA's repeated key heads an expand of a factor, the causal mask a constant: all
+    in (B, C, 1, S), so the attention stays split per head (Apple's einsums) and the MIL program holds fewer
+    transposes than the original's."""
+    torch.manual_seed(0)
+    model, x = RotaryBlock(rotary=rotary, kv_heads=kv_heads).eval(), torch.randn(1, 8, 32)
+    module, report = fxconv.convert(model, x, target="coreml", capture=capture, strict=True)
+    assert len(report.converted) == 4
+    assert sorted(module.state_dict()) == sorted(model.state_dict())  # the causal mask is no checkpoint entry
+    for batch in (1, 2):
+        inputs = torch.randn(batch, 8, 32)
+        torch.testing.assert_close(module(inputs), model(inputs))
+    for via in ("export", "trace"):
+        original, converted = coreml(model, x, via), coreml(module, x, via)
+        assert converted["linear"] == 0 and converted["einsum"] == 2 * model.heads, (via, converted)
+        assert converted["transpose"] < original["transpose"], (via, converted["transpose"], original["transpose"])
+    check = fxconv.check_onnx(fxconv.export_onnx(module, x, tmp_path / "rotary.onnx"), model, x)
+    assert check.passed and check.ops["Einsum"] == 2 * model.heads, check
 
 
 def test_core_ml_converts_a_head_through_jit_trace_too(coreml):

@@ -81,6 +81,25 @@ def test_scope_all_converts_every_linear_of_a_transformers_model(name):
         torch.testing.assert_close(logits(module(x)), logits(model(x)))
 
 
+def test_a_model_given_a_tokenizers_keyword_inputs_converts_and_exports(tmp_path):
+    """``model(**tokens)``: input ids, attention mask and token types passed by keyword, as a tokenizer's
+    output is; the ONNX file takes the three, the check feeds them by keyword to the model."""
+    config, cls, options = SMALL["bert"]
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)(getattr(transformers, config)(**options)).eval()
+    tokens = {"input_ids": torch.randint(0, 100, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long),
+              "token_type_ids": torch.zeros(2, 7, dtype=torch.long)}  # fmt: skip
+    tokens["attention_mask"][1, 5:] = 0  # the second sentence is padded
+    module, report = fxconv.convert(model, tokens, scope="all", strict=True)
+    assert report.capture == "torch.export" and report.fixed_batch is None
+    with torch.no_grad():
+        torch.testing.assert_close(logits(module(**tokens)), logits(model(**tokens)))
+    path = fxconv.export_onnx(module, tokens, tmp_path / "bert.onnx")
+    assert len(fxconv.load_onnx(path).graph.input) == 3
+    check = fxconv.check_onnx(path, model, tokens)
+    assert check.passed and "Gemm" not in check.ops, check
+
+
 class Logits(torch.nn.Module):
     """A causal LM's logits for token ids."""
 
@@ -161,3 +180,25 @@ def test_a_forward_whose_signature_symbolic_trace_cannot_rebuild_is_named():
         fxconv.convert(model, torch.randint(0, 100, (1, 8)))
     assert "symbolic_trace failed on the signature of T5Model.forward (modeling_t5.py:" in str(refused.value)
     assert "You must specify exactly one of input_ids or inputs_embeds" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["Llama", "Qwen2"])
+def test_the_core_ml_target_carries_a_decoders_attention_split_per_head(name):
+    """Hugging Face's attention with rotary embeddings, GQA's repeat_kv and its causal mask runs on the heads'
+    channels in (N, C, 1, L): every sdpa becomes Apple's two einsums per head, no sdpa is left, and the
+    outputs are the model's at every batch. (coremltools 9 takes neither the original nor the result: the
+    mask code's aten.diff; tests/test_targets.py proves the same layer, written out, on coremltools.)"""
+    config = getattr(transformers, f"{name}Config")(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, use_cache=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Logits(getattr(transformers, f"{name}ForCausalLM")(config).eval()).eval()
+    ids = torch.randint(0, 64, (1, 7))
+    module, report = fxconv.convert(model, ids, target="coreml", strict=True)
+    assert len(report.converted) == 15
+    calls = [str(n.target) for n in module.graph.nodes if n.op == "call_function"]
+    assert sum("einsum" in c for c in calls) == 2 * 4 * 2 and not any("scaled_dot_product" in c for c in calls)
+    with torch.no_grad():
+        for batch in (ids, torch.randint(0, 64, (3, 7))):
+            torch.testing.assert_close(module(batch), model(batch))

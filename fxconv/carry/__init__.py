@@ -130,6 +130,7 @@ def over_channels(layout: Layout, dims) -> bool:
 from .attention import Attention  # noqa: E402
 from .cat import Cat  # noqa: E402
 from .elementwise import Elementwise  # noqa: E402  (the rules import the helpers above)
+from .expand import Expand  # noqa: E402
 from .layer_norm import LayerNorm  # noqa: E402
 from .over_dims import OverDims  # noqa: E402
 from .per_feature import PerFeature  # noqa: E402
@@ -148,12 +149,13 @@ CARRIED: tuple[Rule, ...] = (
 )
 
 # Attention in the layout, as Core ML's Neural Engine wants it: reshapes that split tokens' channels into
-# heads, selects of q/k/v and of a class token, concatenations, and the split-einsum attention itself.
+# heads, selects of q/k/v and of a class token, concatenations, repeats of key heads (GQA), and the
+# split-einsum attention itself.
 # Measured slower in onnxruntime (one permute moving the innermost dim runs in its slow generic kernel),
 # so only the targets that ask for it carry them (fxconv.targets).
 ATTENTION: tuple[Rule, ...] = (
     *(Regroup(split_heads=True) if isinstance(rule, Regroup) else rule for rule in CARRIED),
-    Select(), Cat(), Attention(),
+    Select(), Cat(), Expand(), Attention(),
 )
 
 __all__ = ["ATTENTION", "CARRIED", "LEVELS", "Input", "MapLayout", "Moved", "Op", "Replaced", "Rule"]

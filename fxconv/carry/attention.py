@@ -16,8 +16,9 @@ heads cost nothing, ``fxconv.layouts.SplitLayout``)::
 The two einsums are the equations Apple's ml-ane-transformers and ml-stable-diffusion use; coremltools
 maps them to batched matmuls with no transpose (measured: one MIL transpose per attention, the Kᵀ).
 ``softmax(q·kᵀ·scale + mask)·v`` is the same sum per head, query and key, so the output is exact. Grouped
-heads (GQA: fewer key/value heads) read their group's slice; a boolean mask is its additive 0/-inf. Not
-carried: a causal flag (``is_causal``) and dropout.
+heads (GQA: fewer key/value heads) read their group's slice; a boolean mask is its additive 0/-inf; a causal
+one (``is_causal=True``, as Hugging Face's decoders call sdpa without a mask) is the constant (1, S, 1, L)
+mask that is 0 where key k <= query q and -inf after it, sdpa's own (top-left aligned). Not carried: dropout.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ class Attention(Rule):
     }
 
     def read_fx(self, node, ctx) -> dict | None:
-        mask = ctx.arg(3, "attn_mask")
-        if ctx.arg(4, "dropout_p", 0.0) or ctx.arg(5, "is_causal", False):
+        mask, causal = ctx.arg(3, "attn_mask"), ctx.arg(5, "is_causal", False)
+        if ctx.arg(4, "dropout_p", 0.0) or not isinstance(causal, bool):
             return None
         qkv = [ctx.arg(0, "query"), ctx.arg(1, "key"), ctx.arg(2, "value")]
-        params = {"mask": mask, "boolean": mask is not None and ctx.is_bool(mask), "scale": ctx.arg(6, "scale")}
+        params = {"mask": mask, "boolean": mask is not None and ctx.is_bool(mask), "scale": ctx.arg(6, "scale"),
+                  "causal": causal}  # fmt: skip
         return {**params, "inputs": qkv + ([mask] if mask is not None else [])}
 
     def check(self, op, layout, formed) -> str | None:
@@ -68,6 +70,12 @@ class Attention(Rule):
             steps, boolean = _mask_steps(ctx.shape(mask)), op.params["boolean"]
             laid = ctx.once(("attention mask", mask), lambda: build.apply(ctx.original(mask), steps))
             mask = ctx.once(("additive mask", mask), lambda: _additive(build, laid, boolean))
+        if op.params["causal"]:  # sdpa's is_causal: query q attends to keys 0..q (top left), as (1, S, 1, L)
+            queries, keys_ = op.inputs[0].shape[2], op.inputs[1].shape[2]
+            rows = [[[0.0 if k <= q else float("-inf") for q in range(queries)]] for k in range(keys_)]
+            like = ctx.original(op.inputs[0].value)
+            mask = ctx.once(("causal mask", queries, keys_), lambda: build.tensor([rows], like))
+            mask_heads = 1
         outputs = []
         for h in range(heads):
             g = h // (heads // kv_heads)  # grouped queries read their group's keys and values

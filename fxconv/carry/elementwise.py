@@ -12,11 +12,15 @@ After::
 elements plus size-1 dims. An operand that broadcasts against the value is laid out the same way
 (padded to the value's rank with leading 1s, then entered: ``gamma`` becomes (1, C, 1, 1)), a single
 value stays as it is, and another activation (a residual, a mask) is entered into the layout. Between a
-flatten and a head's Linear the operands must be single values: the features are a map there.
+flatten and a head's Linear the operands must be single values: the features are a map there. On heads
+split along the channels (``SplitLayout``) an operand that broadcasts over them — rotary embeddings'
+``q * cos``, cos (N, 1, L, D) — meets the form in its grouped view (N, H, D, L), cos permuted to
+(N, 1, D, L), and the product is flattened back: one transpose of cos, none of q.
 """
 
 from __future__ import annotations
 
+from ..layouts import SplitLayout
 from . import Moved, Rule, operand_reason
 
 _ACTIVATIONS = (
@@ -67,7 +71,18 @@ class Elementwise(Rule):
         return {} if ctx.only_first_output_read() else None  # Dropout's mask is no element-wise result
 
     def check(self, op, layout, formed) -> str | None:
+        if isinstance(layout, SplitLayout):  # any operand broadcasting against the value, in the grouped view
+            ranks = [len(i.shape) if i.shape is not None else None for i in op.inputs if not i.single]
+            fits = op.shape is not None and len(op.shape) == layout.rank and None not in ranks
+            broadcasts = fits and max(ranks, default=0) <= layout.rank
+            return None if broadcasts else "an operand does not broadcast against the heads"
         return operand_reason(op, layout, formed, others_allowed=True)
 
     def rewrite(self, op, layout, ctx, build) -> Moved:
-        return Moved(build.copy(op, {i.value: ctx.form(i.value) for i in op.inputs if not i.single}), layout)
+        tensors = [i for i in op.inputs if not i.single]
+        out = layout.of_shape(op.shape) if isinstance(layout, SplitLayout) else layout
+        if isinstance(layout, SplitLayout) and any(ctx.layout_of(i.value) != out for i in tensors):
+            # heads split otherwise, or an operand that is not: in the grouped view, where each broadcasts
+            grouped = build.copy(op, {i.value: ctx.grouped(i.value) for i in tensors})
+            return Moved(ctx.ungrouped(grouped, out), out)
+        return Moved(build.copy(op, {i.value: ctx.form(i.value) for i in tensors}), layout)

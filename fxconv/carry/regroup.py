@@ -26,7 +26,8 @@ from . import Moved, Rule
 class Regroup(Rule):
     name = "regroup"
     torch = ("torch.flatten", "torch.reshape", "torch.squeeze", "torch.unsqueeze", "nn.Flatten", "nn.Unflatten",
-             ".flatten", ".view", ".reshape", ".squeeze", ".unsqueeze", ".unflatten")  # fmt: skip
+             ".flatten", ".view", ".reshape", ".squeeze", ".unsqueeze", ".unflatten",
+             "operator.getitem")  # x[:, :, None]: whole slices and new dims, an unsqueeze  # fmt: skip
     aten = ("flatten", "view", "reshape", "_unsafe_view", "squeeze", "unsqueeze", "unflatten")
     onnx = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
@@ -35,6 +36,11 @@ class Regroup(Rule):
 
     def read_fx(self, node, ctx) -> dict | None:
         name = ctx.op_name
+        if name == "getitem":
+            index = ctx.arg(1, "index")
+            index = index if isinstance(index, tuple) else (index,)
+            if None not in index or not all(i is None or i == slice(None) or i is Ellipsis for i in index):
+                return None
         squeezes_all = name == "squeeze" and ctx.arg(1, "dim") is None and ctx.module is None
         sizes = None
         if name in ("view", "reshape", "_unsafe_view"):
@@ -88,14 +94,49 @@ def positions(op, layout) -> tuple | None:
 
 
 def _heads(op, layout):
-    """The layout of a reshape that splits tokens' channels into factors ((N, L, C) -> (N, L, 3, H, D)), or
-    merges split ones back ((N, L, H, D) -> (N, L, C)); None if it is neither."""
+    """The layout of a reshape that splits tokens' channels into factors ((N, L, C) -> (N, L, 3, H, D)), merges
+    split ones back ((N, L, H, D) -> (N, L, C)), inserts a factor of one or merges two neighbours (GQA's
+    repeat of the key heads); None if it is none of these."""
     before, after = op.data.shape, op.shape
-    if before is None or after is None or before[:2] != after[:2] or None in after[2:]:
+    if before is None or after is None or None in after[2:]:
         return None
-    tokens = layout_for(3, folded=False)
-    if layout == tokens and len(after) > 3 and math.prod(after[2:]) == before[2]:
+    tokens, same_start = layout_for(3, folded=False), before[:2] == after[:2]
+    if same_start and layout == tokens and len(after) > 3 and math.prod(after[2:]) == before[2]:
         return SplitLayout(("N", "L", *range(len(after) - 2)), tuple(after[2:]))
-    if isinstance(layout, SplitLayout) and layout.order == layout.canonical and len(after) == 3:
+    if not isinstance(layout, SplitLayout) or len(before) != layout.rank:
+        return None
+    if same_start and layout.order == layout.canonical and len(after) == 3:
         return tokens
+    return _one_factor_more(layout, before, after) or _factors_merged(layout, before, after)
+
+
+def _one_factor_more(layout: SplitLayout, before: tuple, after: tuple) -> SplitLayout | None:
+    """A size-1 dim inserted among split channels (``k[:, :, None]`` before repeating GQA's key heads): a new
+    factor of size 1, numbered after the factors before it — the same form."""
+    if len(after) != len(before) + 1:
+        return None
+    for d in range(1, len(after)):
+        if after[d] == 1 and after[:d] + after[d + 1:] == before:
+            new = sum(isinstance(label, int) for label in layout.order[:d])
+            order = tuple(label + (isinstance(label, int) and label >= new) if label not in ("N", "L") else label
+                          for label in layout.order)  # fmt: skip
+            factors = (*layout.factors[:new], 1, *layout.factors[new:])
+            return SplitLayout((*order[:d], new, *order[d:]), factors)
+    return None
+
+
+def _factors_merged(layout: SplitLayout, before: tuple, after: tuple) -> SplitLayout | None:
+    """Two neighbouring factors merged into one, in their row-major order (GQA's (N, KVH, n_rep, L, D) ->
+    (N, H, L, D) after the repeat): the same form."""
+    if len(after) != len(before) - 1:
+        return None
+    for d in range(1, len(after)):
+        first, second = layout.order[d], layout.order[d + 1]
+        adjacent = isinstance(first, int) and isinstance(second, int) and second == first + 1
+        if adjacent and after[d] == before[d] * before[d + 1] and (*before[:d], *before[d + 2:]) == (
+                *after[:d], *after[d + 1:]):  # fmt: skip
+            order = tuple(label - (isinstance(label, int) and label > first) if label not in ("N", "L") else label
+                          for i, label in enumerate(layout.order) if i != d + 1)  # fmt: skip
+            factors = (*layout.factors[:first], before[d] * before[d + 1], *layout.factors[second + 1:])
+            return SplitLayout(order, factors)
     return None

@@ -15,7 +15,8 @@ A front end gives the engine two objects. The **view** answers questions about t
 ``single(value)``, ``read(op)`` (an ``fxconv.carry.Op`` through the rules) and ``linear(op)`` (a
 ``Linear``, a ``Skipped`` or None), ``describe(op)``. The **builder** makes nodes before the op the walk is
 at: ``apply(value, steps)`` (``fxconv.layouts`` steps), ``reshape``, ``constant(value, steps)``,
-``copy(op, mapping)``, ``reduce``, ``along``, ``binary``, ``unary``, ``size``, ``sizes``, ``epsilon_of``,
+``copy(op, mapping)``, ``reduce``, ``along``, ``binary``, ``unary``, ``slice``, ``where``, ``einsum``, ``cat``,
+``expand``, ``tensor(values, like)`` (a constant in ``like``'s dtype), ``size``, ``sizes``, ``epsilon_of``,
 ``conv(x, linear, weight_steps, kernel, strides)``, ``replace(old, new)``. Each primitive is one
 function per IR; every rule and every layout change is written once, above them.
 """

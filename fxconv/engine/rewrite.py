@@ -227,9 +227,11 @@ class Rewrite:
 
 
 def _compatible(layout, other) -> bool:
-    """Values in these layouts can be read together: the same, or heads split alike (GQA's fewer key heads)."""
+    """Values in these layouts can be read together: the same, or channels split into as many factors in the
+    same order (GQA's fewer key heads, the halves of a head that rotary embeddings rotate): a rule reads
+    each in its own layout (``_Context.layout_of``)."""
     if isinstance(layout, SplitLayout) and isinstance(other, SplitLayout):
-        return layout.order == other.order and layout.factors[1:] == other.factors[1:]
+        return layout.order == other.order and len(layout.factors) == len(other.factors)
     return layout == other
 
 
@@ -251,6 +253,35 @@ class _Context:
         if key not in self.rewrite.memo:
             self.rewrite.memo[key] = make()
         return self.rewrite.memo[key]
+
+    def layout_of(self, value):
+        """The layout of ``value``'s form, if it has one that can be read with the layout's."""
+        known = self.rewrite.forms.get(value)
+        return known.layout if known is not None and _compatible(known.layout, self.layout) else None
+
+    def grouped(self, value):
+        """``value`` in the grouped view (N, *factors, L) of the SplitLayout the op runs in: a form unflattened
+        (by its own factors), any other operand permuted to the view's order — once per walk, as cos and sin
+        are read by the queries and the keys alike."""
+        rewrite, layout = self.rewrite, self.layout
+        own = self.layout_of(value)
+        if own is not None:
+            return self.grouped_form(self.form(value), own)
+        steps = layout.operand_steps(len(self.shape(value)))
+        if rewrite.view.is_constant(value):
+            return self.once(("grouped", value), lambda: rewrite.build.constant(value, steps))
+        return self.once(("grouped", value), lambda: rewrite._apply_entering(rewrite._current(value), steps))
+
+    def grouped_form(self, form, layout):
+        """A form of ``layout`` (a SplitLayout) in its grouped view, once per walk."""
+        return self.once(("grouped", form), lambda: self.rewrite.build.apply(form, layout.group_steps()))
+
+    def ungrouped(self, grouped, layout):
+        """The form of a value computed in the grouped view of ``layout``; a later op reading it grouped reads
+        ``grouped`` itself (chained ops on a head's dims flatten back once, where something else reads them)."""
+        form = self.rewrite.build.apply(grouped, layout.ungroup_steps())
+        self.rewrite.memo[("grouped", form)] = grouped
+        return form
 
     def form(self, value):
         """``value`` in the layout: its form, a constant laid out alike, or an activation entered."""

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from torch import fx
 from torch.fx import Node
 
-from .._util import eval_mode
-from ..capture import node_place
+from .._util import Example, eval_mode
+from ..capture import graph_inputs, node_place
 from ..engine.rewrite import Rewrite
 from ..errors import NotConvertibleError
 from ..report import Frozen
@@ -58,13 +58,13 @@ _AVG_POOLS = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _MAX_POOLS = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 
 
-def make_dense(rewrite: Rewrite, inputs: tuple[torch.Tensor, ...], approximate: bool) -> None:
+def make_dense(rewrite: Rewrite, inputs: Example, approximate: bool) -> None:
     """After ``rewrite`` ran: freeze the pooling in front of each head and hand its map to the output."""
     _Dense(rewrite, inputs, approximate).run()
 
 
 class _Dense:
-    def __init__(self, rewrite: Rewrite, inputs: tuple[torch.Tensor, ...], approximate: bool):
+    def __init__(self, rewrite: Rewrite, inputs: Example, approximate: bool):
         self.rewrite, self.inputs, self.approximate = rewrite, inputs, approximate
         self.report, self.gm = rewrite.report, rewrite.view.gm
         self.graph, self.view = self.gm.graph, rewrite.view
@@ -215,10 +215,10 @@ class _Dense:
     def _check_growth(self) -> None:
         """Run an input twice the example's size: every head's output must grow, or a pool hides in a
         module the graph keeps whole (a custom tracer's leaf) and the windows would not be the model's."""
-        bigger = tuple(
-            torch.randn(*t.shape[:2], *(2 * s for s in t.shape[2:]), dtype=t.dtype) if t.dim() >= 3 and
-            t.is_floating_point() else t for t in self.inputs
-        )  # fmt: skip
+        bigger = self.inputs.map(
+            lambda t: torch.randn(*t.shape[:2], *(2 * s for s in t.shape[2:]), dtype=t.dtype)
+            if t.dim() >= 3 and t.is_floating_point() else t
+        )
         sizes: dict[Node, tuple[int, ...]] = {}
 
         class Probe(fx.Interpreter):
@@ -230,7 +230,7 @@ class _Dense:
 
         try:
             with torch.no_grad(), eval_mode(self.gm), torch.random.fork_rng(devices=[]):
-                Probe(self.gm).run(*bigger)
+                Probe(self.gm).run(*graph_inputs(self.gm, bigger))
         except Exception as e:
             raise NotConvertibleError(
                 f"dense mode: the model cannot run an input twice the example's size: {type(e).__name__}: {e}"

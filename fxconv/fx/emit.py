@@ -146,6 +146,18 @@ class FxBuilder:
     def where(self, condition: Node, a, b) -> Node:
         return self._node("call_function", torch.where, (condition, a, b))
 
+    def tensor(self, values: list, like: Node) -> Node:
+        """A constant holding ``values`` (nested lists) in ``like``'s dtype: a buffer of the module, kept out of
+        its state_dict (a checkpoint of the original still loads), moved with it by ``.to()``."""
+        meta = like.meta.get("tensor_meta")
+        device = next(iter(self.gm.parameters()), torch.empty(0)).device
+        tensor = torch.tensor(values, dtype=meta.dtype if meta is not None else torch.float32, device=device)
+        name, n = "_fxconv_constant", 0
+        while hasattr(self.gm, f"{name}_{n}"):
+            n += 1
+        self.gm.register_buffer(f"{name}_{n}", tensor, persistent=False)
+        return self._get_attr(f"{name}_{n}")
+
     def einsum(self, equation: str, *values: Node) -> Node:
         return self._node("call_function", torch.einsum, (equation, *values))
 

@@ -163,6 +163,10 @@ class OnnxBuilder:
         a, b = (self._initializer(np.array(v, dtype), "where") for v in (a, b))
         return self._add("Where", [condition, a, b], {}, "where")[0]
 
+    def tensor(self, values: list, like: ir.Value) -> ir.Value:
+        dtype = like.dtype.numpy() if like.dtype is not None else np.float32
+        return self._initializer(np.array(values, dtype), "constant")
+
     def einsum(self, equation: str, *values: ir.Value) -> ir.Value:
         return self._add("Einsum", list(values), {"equation": equation}, "einsum")[0]
 
