@@ -67,6 +67,7 @@ ELSEWHERE = {  # rules whose tests need more than two Linears
     "quantize-dequantize": "test_onnx_input.py: QDQ files (ONNX only)",
     "attention": "below, and test_targets.py (Core ML's MIL programs)",
     "select": "below", "cat": "below",
+    "expand": "test_targets.py and test_transformers.py: GQA's repeated key heads (repeat_kv), for Core ML",
 }
 RULES = (*CARRIED, *(rule for rule in ATTENTION if rule.name not in {r.name for r in CARRIED}))
 
@@ -136,7 +137,14 @@ class Attention(nn.Module):
     def forward(self, x, mask=None):
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
         n, length, _ = x.shape
-        if self.packed:
+        if self.packed == "split":  # GPT-2's: the packed channels split, then each split into heads
+            pieces = self.qkv(x).split(C, dim=2)  # indexed: symbolic_trace cannot unpack it
+            q, k, v = (pieces[i].view(n, length, self.heads, self.dim).transpose(1, 2) for i in range(3))
+            o = F.scaled_dot_product_attention(q, k, v)
+        elif self.packed == "chunk":  # GPT-NeoX's: heads first, each head's q, k and v chunked from its dims
+            pieces = self.qkv(x).view(n, length, self.heads, 3 * self.dim).transpose(1, 2).chunk(3, dim=-1)
+            o = F.scaled_dot_product_attention(pieces[0], pieces[1], pieces[2])
+        elif self.packed:
             q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4).unbind(0)
             o = F.scaled_dot_product_attention(q, k, v)
         else:
@@ -149,7 +157,8 @@ class Attention(nn.Module):
 
 
 @pytest.mark.parametrize("capture", ["fx", "export"])
-@pytest.mark.parametrize(("packed", "kv_heads"), [(True, 4), (False, 4), (False, 2)], ids=["packed", "apart", "gqa"])
+@pytest.mark.parametrize(("packed", "kv_heads"), [(True, 4), ("split", 4), ("chunk", 4), (False, 4), (False, 2)],
+                         ids=["packed", "split", "chunk", "apart", "gqa"])  # fmt: skip
 def test_attention_runs_split_per_head_in_the_layout_for_core_ml(packed, kv_heads, capture):
     torch.manual_seed(0)
     model = Attention(packed, kv_heads=kv_heads).eval()

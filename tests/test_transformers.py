@@ -111,6 +111,16 @@ class Logits(torch.nn.Module):
         return self.lm(input_ids=ids).logits
 
 
+def decoder(name: str) -> Logits:
+    """A 2-layer causal LM of Hugging Face's family ``name`` (4 heads, 2 key/value heads), random weights."""
+    config = getattr(transformers, f"{name}Config")(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, use_cache=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return Logits(getattr(transformers, f"{name}ForCausalLM")(config).eval()).eval()
+
+
 @pytest.mark.parametrize("name", ["Llama", "Qwen2"])
 def test_a_decoder_runs_its_norms_and_mlps_in_the_token_layout(name, tmp_path):
     """Every Linear of a 2-layer Llama / Qwen2 (GQA, rotary, RMSNorm, SwiGLU) converts. With RMSNorm (written
@@ -119,12 +129,7 @@ def test_a_decoder_runs_its_norms_and_mlps_in_the_token_layout(name, tmp_path):
     layer, plus the way in and out (it was 22 for these 15 Linears before RMSNorm and slices were carried)."""
     from test_scope import layout_changes
 
-    config = getattr(transformers, f"{name}Config")(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, use_cache=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = Logits(getattr(transformers, f"{name}ForCausalLM")(config).eval()).eval()
+    model = decoder(name)
     ids = torch.randint(0, 64, (2, 7))
     module, report = fxconv.convert(model, ids, scope="all", strict=True)
     assert len(report.converted) == 15
@@ -182,18 +187,13 @@ def test_a_forward_whose_signature_symbolic_trace_cannot_rebuild_is_named():
     assert "You must specify exactly one of input_ids or inputs_embeds" in str(refused.value)
 
 
-@pytest.mark.parametrize("name", ["Llama", "Qwen2"])
+@pytest.mark.parametrize("name", ["Llama", "Qwen2", "StableLm"])  # StableLM: a quarter of each head rotated
 def test_the_core_ml_target_carries_a_decoders_attention_split_per_head(name):
-    """Hugging Face's attention with rotary embeddings, GQA's repeat_kv and its causal mask runs on the heads'
-    channels in (N, C, 1, L): every sdpa becomes Apple's two einsums per head, no sdpa is left, and the
-    outputs are the model's at every batch. (coremltools 9 takes neither the original nor the result: the
-    mask code's aten.diff; tests/test_targets.py proves the same layer, written out, on coremltools.)"""
-    config = getattr(transformers, f"{name}Config")(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, use_cache=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = Logits(getattr(transformers, f"{name}ForCausalLM")(config).eval()).eval()
+    """Hugging Face's attention with rotary embeddings (whole or partial), GQA's repeat_kv and its causal mask
+    runs on the heads' channels in (N, C, 1, L): every sdpa becomes Apple's two einsums per head, no sdpa is
+    left, and the outputs are the model's at every batch. (coremltools 9 takes neither the original nor the
+    result: the mask code's aten.diff; tests/test_targets.py proves the same layer, written out, on it.)"""
+    model = decoder(name)
     ids = torch.randint(0, 64, (1, 7))
     module, report = fxconv.convert(model, ids, target="coreml", strict=True)
     assert len(report.converted) == 15

@@ -1,4 +1,5 @@
-"""Slices along dims, keeping the rank: ``x[:, 1:]`` (drop a class token), ``x[:, -k:]`` (the last tokens).
+"""Slices along dims, keeping the rank: ``x[:, 1:]`` (drop a class token), ``x[:, -k:]`` (the last tokens),
+and the pieces of a split (``qkv.split(C, dim=2)``, ``x.chunk(3, -1)``), each the slice of its input it is.
 
 Before (tokens (N, L, C); Hugging Face's decoders keep the last ``logits_to_keep`` tokens before lm_head)::
 
@@ -38,7 +39,11 @@ class Slice(Rule):
         if name == "slice":  # aten.slice.Tensor(x, dim, start, end, step)
             dim = ctx.arg(1, "dim", 0)
             return {"slices": ((dim, ctx.arg(2, "start"), ctx.arg(3, "end"), ctx.arg(4, "step", 1)),)}
-        index = ctx.arg(1, "index")  # x[...]: slices, and an Ellipsis standing for the dims between them
+        index = ctx.arg(1, "index")
+        source = ctx.first_input
+        if isinstance(index, int) and any(ctx.is_call(source, kind) for kind in _PIECES):
+            return _piece(ctx, source, index)
+        # x[...]: slices, and an Ellipsis standing for the dims between them
         index = index if isinstance(index, tuple) else (index,)
         shape = ctx.shape(ctx.arg(0, "input"))
         if index.count(Ellipsis) == 1 and shape is not None:
@@ -81,6 +86,32 @@ class Slice(Rule):
             else:
                 form = build.slice(form, layout.form_dim(dim), start, end, step)
         return Moved(form, layout)
+
+
+_PIECES = ("split", "split_with_sizes", "chunk")  # x.split(C, dim=2)[i]: one piece is a slice of x
+
+
+def _piece(ctx, source, index: int) -> dict | None:
+    """Piece ``index`` of ``x.split(size_or_sizes, dim)`` or ``x.chunk(n, dim)`` as the slice of ``x`` it is
+    (GPT-2's ``c_attn(h).split(C, dim=2)`` into q, k and v)."""
+    x, kind = ctx.input_of(source), next(kind for kind in _PIECES if ctx.is_call(source, kind))
+    shape = ctx.shape(x)
+    dim = ctx.arg_of(source, 2, "dim", 0)
+    sizes = next((v for v in (ctx.arg_of(source, 1, name) for name in _SIZES) if v is not None), None)
+    if shape is None or not isinstance(dim, int) or sizes is None:
+        return None
+    whole = shape[dim % len(shape)]
+    if kind == "chunk" and isinstance(sizes, int):
+        sizes = -(-whole // sizes)  # torch.chunk: pieces of ceil(size / chunks)
+    if isinstance(sizes, int):
+        sizes = [sizes] * (-(-whole // sizes))
+    if not all(isinstance(n, int) for n in sizes) or not 0 <= index < len(sizes):
+        return None
+    start = sum(sizes[:index])
+    return {"slices": ((dim % len(shape), start, min(start + sizes[index], whole), 1),), "inputs": [x]}
+
+
+_SIZES = ("split_size_or_sections", "split_size", "split_sizes", "chunks", "sections")
 
 
 def _bounds(op, layout, slice_: tuple) -> tuple | None:

@@ -269,18 +269,18 @@ class _Context:
             return self.grouped_form(self.form(value), own)
         steps = layout.operand_steps(len(self.shape(value)))
         if rewrite.view.is_constant(value):
-            return self.once(("grouped", value), lambda: rewrite.build.constant(value, steps))
-        return self.once(("grouped", value), lambda: rewrite._apply_entering(rewrite._current(value), steps))
+            return self.once(("grouped", value, *steps), lambda: rewrite.build.constant(value, steps))
+        return self.once(("grouped", value, *steps), lambda: rewrite._apply_entering(rewrite._current(value), steps))
 
     def grouped_form(self, form, layout):
         """A form of ``layout`` (a SplitLayout) in its grouped view, once per walk."""
-        return self.once(("grouped", form), lambda: self.rewrite.build.apply(form, layout.group_steps()))
+        return self.once(("grouped", form, layout), lambda: self.rewrite.build.apply(form, layout.group_steps()))
 
     def ungrouped(self, grouped, layout):
         """The form of a value computed in the grouped view of ``layout``; a later op reading it grouped reads
         ``grouped`` itself (chained ops on a head's dims flatten back once, where something else reads them)."""
         form = self.rewrite.build.apply(grouped, layout.ungroup_steps())
-        self.rewrite.memo[("grouped", form)] = grouped
+        self.rewrite.memo[("grouped", form, layout)] = grouped  # the same form read in another layout is not
         return form
 
     def form(self, value):
