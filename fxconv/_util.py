@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_leaves, tree_map, tree_map_only
 
 from .errors import InvalidArgumentError
 
-_PLAIN = (type(None), bool, int, float, str)  # values a call may take beside its tensors (flags, sizes)
+PLAIN = (type(None), bool, int, float, str)  # values a call may take beside its tensors (flags, sizes)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Example:
         else:
             example = cls(tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,))
         leaves = tree_leaves((example.args, example.kwargs))
-        odd = [type(v).__name__ for v in leaves if not isinstance(v, (torch.Tensor, *_PLAIN))]
+        odd = [type(v).__name__ for v in leaves if not isinstance(v, (torch.Tensor, *PLAIN))]
         if odd or not any(isinstance(v, torch.Tensor) for v in leaves):
             kinds = ", ".join(odd) or "no tensor"
             raise InvalidArgumentError(

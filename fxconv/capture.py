@@ -42,7 +42,7 @@ from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves
 
-from ._util import Example, batch_of_two, buffers_kept, eval_mode
+from ._util import PLAIN, Example, batch_of_two, buffers_kept, eval_mode
 from .errors import ExampleInputError, FxconvError, InvalidArgumentError, TraceError, first_line
 from .fx.nodes import module_path
 from .options import CAPTURES
@@ -248,10 +248,9 @@ def _defaults_after(model: nn.Module, given: Example) -> dict:
         named = signature.bind(*given.args, **given.kwargs).arguments
     except (TypeError, ValueError):  # no signature to read, or it does not take the example: tracing will say
         return {}
-    plain = (type(None), bool, int, float, str)
     return {p.name: p.default for p in signature.parameters.values()
             if p.name not in named and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            and isinstance(p.default, plain)}  # fmt: skip
+            and isinstance(p.default, PLAIN)}  # fmt: skip
 
 
 def _export(model: nn.Module, inputs: Example, static: bool = False) -> tuple[ExportedProgram, str]:
@@ -304,9 +303,9 @@ def _export(model: nn.Module, inputs: Example, static: bool = False) -> tuple[Ex
 def _batch_guards(program: ExportedProgram) -> list[str]:
     """The checks torch.export's graph makes on the batch (``x.size()[0] != 2``): the batches it does not
     hold for. Checks that relate two inputs' batches (``x.size()[0] == mask.size()[0]``) hold for every
-    batch fxconv runs. (``_guards_code`` is where an ExportedProgram keeps them, as Python source.)"""
+    batch fxconv runs."""
     guards = []
-    for code in getattr(program, "_guards_code", None) or ():
+    for code in _guards_code(program):
         batches = set(re.findall(r"(\S+?)\.size\(\)\[0\]", code))
         if len(batches) == 1:
             guards.append(re.sub(r"L\['(\w+)'\]", r"\1", code))
@@ -321,7 +320,12 @@ def _guards_read_var_keywords(program: ExportedProgram, model: nn.Module) -> boo
         names = [p.name for p in inspect.signature(model.forward).parameters.values() if p.kind == p.VAR_KEYWORD]
     except (TypeError, ValueError):
         return False
-    return any(f"L['{name}']" in code for name in names for code in getattr(program, "_guards_code", None) or ())
+    return any(f"L['{name}']" in code for name in names for code in _guards_code(program))
+
+
+def _guards_code(program: ExportedProgram) -> list[str]:
+    """The run-time checks of torch.export's graph, as Python source (private to ExportedProgram: [] if absent)."""
+    return list(getattr(program, "_guards_code", None) or ())
 
 
 def _batch_dynamic(model: nn.Module, examples: Example) -> tuple | dict:
@@ -339,7 +343,7 @@ def _batch_dynamic(model: nn.Module, examples: Example) -> tuple | dict:
 def export_again(gm: fx.GraphModule, program: ExportedProgram, inputs: Example) -> ExportedProgram:
     """The rewritten graph of an ExportedProgram as an ExportedProgram, dynamic where the original was."""
     users = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
-    leaves = fx_pytree.tree_flatten_spec((list(inputs.args), inputs.kwargs), program.call_spec.in_spec)
+    leaves = graph_inputs(gm, inputs)  # the program's module: its placeholders are the user inputs' leaves
     free = {id(leaf): {d: Dim.AUTO for d, size in enumerate(n.meta["val"].shape) if not isinstance(size, int)}
             for leaf, n in zip(leaves, users) if isinstance(leaf, torch.Tensor)}  # fmt: skip
     examples = inputs.map(lambda t: batch_of_two(t) if 0 in free[id(t)] else t)
