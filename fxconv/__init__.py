@@ -18,9 +18,10 @@ from .errors import (
     NotConvertibleError,
     OnnxError,
     TraceError,
+    VerificationError,
 )
 from .options import CAPTURES, CONV_METHODS, LAYOUTS, METHODS, RUNTIMES, SCOPES, TARGETS
-from .report import Converted, Frozen, Report, Skipped
+from .report import Converted, Frozen, Report, Skipped, Verification
 
 try:
     __version__ = _metadata.version("fxconv")
@@ -70,6 +71,8 @@ __all__ = [
     "Report",
     "Skipped",
     "TraceError",
+    "Verification",
+    "VerificationError",
     "check_onnx",
     "convert",
     "convert_onnx",

@@ -46,8 +46,10 @@ from .errors import FxconvWarning, InvalidArgumentError, NotConvertibleError
 from .fx.dense import make_dense
 from .fx.emit import FxBuilder
 from .fx.read import FxView
+from .fx.state import written_state
 from .report import Report
 from .targets import resolve
+from .verify import verify as check_equal  # the name ``verify`` is convert's keyword
 
 __all__ = ["ConvertResult", "convert"]
 
@@ -72,6 +74,7 @@ def convert(
     strict: bool = False,
     inplace: bool = False,
     capture: str = "auto",
+    verify: bool = True,
 ) -> ConvertResult:
     """Rewrite every Linear fed by a flattened feature map in ``model`` as a convolution (every Linear, with
     ``scope="all"``).
@@ -111,6 +114,15 @@ def convert(
     exact or the conversion is refused. ``approximate=True`` accepts global pools inside the backbone
     (squeeze-and-excitation blocks): each window then sees the whole image through them, and
     ``report.approximate`` lists them.
+
+    State. A forward that writes buffers in place (a KV cache, a recurrent state, running statistics) keeps
+    every write, in order; ``report.state`` names those buffers.
+
+    Before it returns, the result is compared with the model (``fxconv.verify``): on the example and on
+    fresh inputs at another batch where the batch is free, from the same state, several calls in a row
+    where the forward writes state, each buffer it writes compared too. ``report.verified`` says what was
+    compared and the largest difference; a difference over tolerance raises :class:`VerificationError`.
+    ``verify=False`` skips it (a model too large to run twice); the report then says "NOT VERIFIED".
     """
     profile, chosen, slower = resolve(target, method, scope, layout, dense)
     method, scope, layout = chosen["method"], chosen["scope"], chosen["layout"]
@@ -126,7 +138,8 @@ def convert(
     captured = capture_graph(model, inputs, capture, inplace=inplace)
     for warning in slower:
         warnings.warn(warning, FxconvWarning, stacklevel=2)
-    report = Report(method, scope, layout, dense, captured.how, captured.note, target, captured.fixed_batch)
+    report = Report(method, scope, layout, dense, captured.how, captured.note, target, captured.fixed_batch,
+                    state=sorted(written_state(captured.gm)))
     report.skipped += [
         skip(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
         for name, where in captured.hidden
@@ -139,7 +152,8 @@ def convert(
         make_dense(rewrite, inputs, approximate)
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
-    if captured.program is not None:
-        return ConvertResult(export_again(captured.gm, captured.program, inputs), report)
-    return ConvertResult(captured.gm, report)
+    result = captured.gm if captured.program is None else export_again(captured.gm, captured.program, inputs)
+    if verify:
+        report.verified = check_equal(model, result, inputs, batch_free=captured.fixed_batch is None)
+    return ConvertResult(result, report)
 

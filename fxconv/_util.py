@@ -121,13 +121,18 @@ def eval_mode(module: nn.Module):
 def buffers_kept(module: nn.Module):
     """Run ``module`` for the duration with its buffers given back as they were after: fxconv's own runs
     (recording shapes, comparing outputs) must not step a KV cache or a counter the forward updates."""
-    saved = [(b, b.clone()) for b in module.buffers()]
-    try:
-        yield
-    finally:
+    saved = [(m, key, b, b.clone()) for m in module.modules() for key, b in m._buffers.items() if b is not None]
+
+    def give_back() -> None:  # also yielded: a caller that runs the module twice starts both from one state
         with torch.no_grad():
-            for b, was in saved:
+            for m, key, b, was in saved:
+                m._buffers[key] = b  # a forward may assign its buffer a new tensor (self.h = ...)
                 b.resize_(was.shape).copy_(was)  # resized too: an observer's empty min/max grows on its first run
+
+    try:
+        yield give_back
+    finally:
+        give_back()
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 import re
 import sysconfig
 import traceback
@@ -45,6 +46,7 @@ from torch.utils._pytree import tree_leaves
 from ._util import PLAIN, Example, batch_of_two, buffers_kept, eval_mode
 from .errors import ExampleInputError, FxconvError, InvalidArgumentError, TraceError, first_line
 from .fx.nodes import module_path
+from .fx.state import root, writes, written_state
 from .options import CAPTURES
 
 __all__ = ["Captured", "capture", "export_again", "fixed_batch", "graph_inputs", "node_place", "record_shapes"]
@@ -119,14 +121,17 @@ def _capture_module(model: nn.Module, inputs: Example, how: str) -> Captured:
                 except ExampleInputError as e:
                     raise _in_the_models_words(e, model, inputs) from e
             traced = Captured(gm, "symbolic_trace", hidden=hidden_linears(gm, model))
+            state = written_state(gm)
             if not _same(outputs, _run(model, inputs)):
                 note = "symbolic_trace's graph gives other outputs than the model (hooks on a traced-through module?)"
-            elif how == "fx" or not traced.hidden:
+            elif how == "fx" or not (traced.hidden or state):
                 return traced
-            else:  # torch.export traces into what symbolic_trace keeps whole; keep its graph if export fails
+            elif traced.hidden:  # torch.export traces into what symbolic_trace keeps whole; keep its graph if it fails
                 name, where = traced.hidden[0]
                 note = (f"symbolic_trace keeps {len(traced.hidden)} Linears inside calls it does not trace into "
                         f"({name!r} in {where})")
+            else:  # torch.export makes each write an output of its graph; keep symbolic_trace's graph if it fails
+                note = f"the forward writes {', '.join(state)} in place: torch.export captures state as such"
         except TraceError as e:
             note = str(e)
         if how == "fx":
@@ -134,8 +139,8 @@ def _capture_module(model: nn.Module, inputs: Example, how: str) -> Captured:
     try:
         program, fixed = _export(model, inputs, static=how == "static")
     except Exception as e:
-        if traced is not None and traced.hidden:
-            return traced
+        if traced is not None and note and not note.startswith("symbolic_trace's graph gives"):
+            return traced  # faithful, and the best there is
         cache = re.search(r"Found <class '[\w.]*?(\w*Cache)'> in output", str(e))
         if cache:  # Hugging Face's default use_cache=True: the forward returns a cache object
             raise TraceError(
@@ -214,19 +219,74 @@ def _symbolic_trace(model: nn.Module, given: Example) -> fx.GraphModule:
     """
     if "forward" in vars(model):
         raise TraceError(f"{type(model).__name__} has a forward set on the instance, which symbolic_trace ignores")
-    tracer = fx.Tracer()
+    tracer = _Tracer()
     tracer.record_stack_traces = True  # so that messages can name the source line of a node
+    # Buffers as graph nodes, not the tensors they hold while tracing: a value computed from a buffer alone
+    # (``self.cache.transpose(1, 2)``) would otherwise be frozen into the graph as a constant, blind to the
+    # writes of later calls and to a state_dict loaded into the result.
+    tracer.proxy_buffer_attributes = True
+    bound = {(name, key): b for name, m in model.named_modules() for key, b in m._buffers.items()}
     try:
-        graph = tracer.trace(model, concrete_args=_defaults_after(model, given) or None)
+        try:
+            graph = tracer.trace(model, concrete_args=_defaults_after(model, given) or None)
+        finally:
+            rebound = _rebind(model, bound)
         gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as e:
         raise TraceError(f"symbolic_trace failed{_where(e, model) or _entry(model)}: {first_line(e)}") from e
+    if rebound:  # ``self.steps += 1``: the graph holds a new tensor, and nothing that puts it back in the buffer
+        raise TraceError(f"{type(model).__name__}.forward assigns its buffer {rebound[0]!r} (self.{rebound[0]} = "
+                         "...), a write symbolic_trace cannot record")  # fmt: skip
     # symbolic_trace rebuilds containers (ModuleList, ...) as new modules in training mode: give every
     # module the flag it had, so that an eval model stays entirely in eval mode.
     flags = {name: m.training for name, m in model.named_modules()}
     for name, m in gm.named_modules():
         m.training = flags.get(name, model.training)
     return gm
+
+
+class _Proxy(fx.Proxy):
+    """fx's Proxy, which also records what a tensor does in place: an assignment into it (``cache[:, pos] =
+    k``) and an augmented assignment (``x += y`` is ``x.add_(y)`` for a tensor; fx would record ``x + y``)."""
+
+    def __setitem__(self, index, value) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
+
+    def _in_place(self, method: str, other) -> fx.Proxy:
+        return self.tracer.create_proxy("call_method", method, (self, other), {})
+
+    def __iadd__(self, other):
+        return self._in_place("add_", other)
+
+    def __isub__(self, other):
+        return self._in_place("sub_", other)
+
+    def __imul__(self, other):
+        return self._in_place("mul_", other)
+
+    def __itruediv__(self, other):
+        return self._in_place("div_", other)
+
+
+class _Tracer(fx.Tracer):
+    def proxy(self, node: Node) -> fx.Proxy:
+        return _Proxy(node, self)
+
+
+def _rebind(model: nn.Module, bound: dict) -> list[str]:
+    """Give each buffer its tensor again where the traced forward assigned one (a tracer's value); the
+    buffers so assigned."""
+    modules, rebound = dict(model.named_modules()), []
+    for (name, key), tensor in bound.items():
+        value = modules[name]._buffers.get(key)
+        if value is tensor:
+            continue
+        modules[name]._buffers[key] = tensor
+        path = f"{name}.{key}" if name else key
+        written = writes(value.node) if isinstance(value, fx.Proxy) else None
+        if written is None or root(written).op != "get_attr" or root(written).target != path:
+            rebound.append(path)  # not the buffer itself written in place (``self.steps += 1``)
+    return rebound
 
 
 def _entry(model: nn.Module) -> str:

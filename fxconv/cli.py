@@ -103,7 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 13 or later (default: the exporter's, 20)")
     c.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES,
                    help="what checks the file (default onnxruntime)")
-    c.add_argument("--no-check", action="store_true", help="skip the comparison with the original")
+    c.add_argument("--no-check", action="store_true", help="skip the comparison of the file with the original")
+    c.add_argument("--no-verify", action="store_true",
+                   help="skip the comparison of the converted model with the original before it is written "
+                   "(a model too large to run twice); the report then says NOT VERIFIED")
     c.add_argument("--state-dict", type=Path, metavar="WEIGHTS.pt", help="load these weights into the model first")
     c.add_argument("--allow-pickle", action="store_true",
                    help="load a torch.save(model) file, which runs code stored in it: only for files you trust")
@@ -253,7 +256,7 @@ def _from_pytorch(args: argparse.Namespace, timings: _Timings) -> _Source:
     with _step("tracing and converting", "convert", timings):
         module, report = convert(
             model, example, args.method, scope=args.scope, layout=args.layout, target=args.target, dense=args.dense,
-            approximate=args.approximate, capture=args.capture,
+            approximate=args.approximate, capture=args.capture, verify=not args.no_verify,
         )
     # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose output at
     # the example's size convert() proves equal to the original's logits.

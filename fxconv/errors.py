@@ -13,6 +13,7 @@ __all__ = [
     "NotConvertibleError",
     "OnnxError",
     "TraceError",
+    "VerificationError",
 ]
 
 
@@ -34,6 +35,11 @@ class ExampleInputError(FxconvError, ValueError):
 
 class NotConvertibleError(FxconvError):
     """A conversion that was asked to be complete (``strict=True``, dense mode) is not."""
+
+
+class VerificationError(FxconvError):
+    """The converted model does not compute what the model computes: fxconv's self-check (``fxconv.verify``)
+    found an output or a written buffer that differs, or a batch where only the model runs."""
 
 
 class FxconvWarning(UserWarning):

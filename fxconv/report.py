@@ -46,6 +46,31 @@ class Frozen:
     now: str  # what it computes now, e.g. "avg_pool2d kernel (7, 7), stride 1"
 
 
+@dataclass(frozen=True)
+class Verification:
+    """What the self-check compared (``fxconv.verify``; ``convert_onnx``: in onnxruntime), and the largest
+    difference it saw."""
+
+    batches: tuple[int, ...]  # the batch sizes run (the example's first)
+    calls: int  # calls in a row at each batch (STEPS where the forward writes state)
+    max_abs_diff: float  # over every float output and written buffer
+    state: tuple[str, ...] = ()  # the buffers the model's forward wrote, compared after each call
+    note: str = ""  # what could not be compared, and why
+    compared: bool = True  # False: the outputs could not be compared (random draws in the forward, see note)
+
+    def __str__(self) -> str:
+        if not self.compared:
+            return f"NOT VERIFIED: {self.note}"
+        batches = " and ".join(map(str, self.batches))
+        text = f"verified: batch{'es' if len(self.batches) > 1 else ''} {batches}"
+        if self.calls > 1:
+            text += f", {self.calls} calls in a row"
+        text += f", max abs diff {self.max_abs_diff:.2g}"
+        if self.state:
+            text += f" (outputs and state: {', '.join(self.state)})"
+        return text + (f"; {self.note}" if self.note else "")
+
+
 @dataclass
 class Report:
     """The outcome of :func:`fxconv.convert`; ``str(report)`` is a readable table."""
@@ -63,6 +88,8 @@ class Report:
     kept: list[Skipped] = field(default_factory=list)  # what the target keeps a Linear, on purpose (code "kept")
     frozen: list[Frozen] = field(default_factory=list)
     approximate: list[str] = field(default_factory=list)  # dense mode: global pools kept (approximate=True)
+    state: list[str] = field(default_factory=list)  # the buffers the forward writes in place (kept, in order)
+    verified: Verification | None = None  # what the self-check compared (fxconv.verify); None: verify=False
 
     def to_dict(self) -> dict:
         """A JSON-ready dict of everything in the report."""
@@ -97,6 +124,12 @@ class Report:
                 "whole input, so a window's prediction depends on pixels outside it:"
             )
             lines += [f"    {name}" for name in self.approximate]
+        if self.state:
+            lines.append(f"  state      {', '.join(self.state)}: written in place by the forward, every write kept")
+        if self.verified is None:
+            lines.append("  NOT VERIFIED: verify=False, the result was not compared with the model")
+        else:
+            lines.append(f"  {self.verified}")
         return "\n".join(lines)
 
 

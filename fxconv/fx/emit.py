@@ -23,6 +23,7 @@ from torch.fx import Node
 from ..layouts import KEEP, apply_to_shape
 from .nodes import shape_of
 from .read import FxView
+from .state import is_side_effect
 
 CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}  # keyed by the number of spatial dims
 _REDUCE = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.amin}
@@ -225,7 +226,7 @@ class FxBuilder:
         """Drop what the rewrite left unused (ways out of a layout, ``x.size(0)`` of a view, ...) and recompile."""
         if self.changed:
             self._contiguous_before_views()
-            self.graph.eliminate_dead_code()
+            self.graph.eliminate_dead_code(is_impure_node=is_side_effect)  # a write in place is never dead
             self.graph.lint()
             self.gm.recompile()
 

@@ -23,6 +23,7 @@ from ..engine import Linear
 from ..report import Skipped
 from .linears import read_linear
 from .nodes import arg, first_input, key, op_name, shape_of
+from .state import written_state
 
 _PREFIXES = {"F": F, "torch": torch, "nn": nn, "operator": operator, "builtins": builtins}
 
@@ -54,12 +55,16 @@ def _rule_index(rules: tuple[Rule, ...] = CARRIED) -> dict[object, list[Rule]]:
 _INDEX = _rule_index()  # CARRIED's
 
 
-def _constants(graph: fx.Graph) -> set[Node]:
-    """The nodes computed from parameters, buffers and constants alone: what a weight operand may be."""
+def _constants(gm: fx.GraphModule) -> set[Node]:
+    """The nodes computed from parameters, buffers and constants alone: what a weight operand may be. State
+    (a buffer the forward writes in place, ``fxconv.fx.state``) is none: what is read from it is read at run
+    time, after the writes before it."""
+    state = written_state(gm)
     found: set[Node] = set()
-    for node in graph.nodes:
+    for node in gm.graph.nodes:
         inputs = node.all_input_nodes
-        if node.op == "get_attr" or (node.op.startswith("call_") and inputs and all(i in found for i in inputs)):
+        if (node.op == "get_attr" and node.target not in state) or (
+                node.op.startswith("call_") and inputs and all(i in found for i in inputs)):
             found.add(node)
     return found
 
@@ -73,7 +78,7 @@ class FxView:
         self.gm, self.graph = gm, gm.graph
         self.index = _rule_index(rules)
         self.modules = dict(gm.named_modules())
-        self.constants = _constants(gm.graph)
+        self.constants = _constants(gm)
         self._ops = [n for n in gm.graph.nodes if n.op.startswith("call_")]
         self.erased: set[Node] = set()
         self.seen: dict[str, int] = {}  # calls of each name met so far: repeated calls are numbered

@@ -21,7 +21,9 @@ moves of size-1 axes become Reshapes and collapse (``fxconv._tidy``). This modul
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -29,8 +31,8 @@ import onnx_ir as ir
 from .. import _tidy
 from ..carry import ATTENTION, CARRIED
 from ..engine.rewrite import Rewrite
-from ..errors import FxconvWarning, InvalidArgumentError, NotConvertibleError
-from ..report import Report
+from ..errors import FxconvWarning, InvalidArgumentError, NotConvertibleError, VerificationError
+from ..report import Report, Verification
 from ..targets import resolve
 from .emit import OnnxBuilder
 from .read import OnnxView, inferred_shapes
@@ -46,14 +48,19 @@ def convert_onnx(
     layout: str | None = None,
     target: str = "onnxruntime",
     strict: bool = False,
+    verify: bool = True,
 ) -> tuple[onnx.ModelProto, Report]:
     """Rewrite the Linears (Gemm, MatMul) of an ONNX model that read a flattened map as convolutions.
 
     ``model`` is a path or an ``onnx.ModelProto`` (neither is modified). ``method``, ``scope`` and
     ``layout`` mean what they mean for :func:`fxconv.convert`. Returns ``(model_proto, report)``; every
     Gemm/MatMul with a constant operand is in ``report.converted`` or ``report.skipped`` with a reason,
-    and with ``strict=True`` a skipped one raises :class:`NotConvertibleError`. The result is not
-    checked here: ``check_onnx(path, original, None)`` runs both files on inputs of the declared shapes.
+    and with ``strict=True`` a skipped one raises :class:`NotConvertibleError`. Before it returns, the result
+    is run beside the original in onnxruntime on random inputs of the declared shapes at two batches
+    (``check_onnx``); ``report.verified`` says what was compared, a difference over tolerance raises
+    :class:`VerificationError`, and ``verify=False`` skips it (the report then says "NOT VERIFIED"). A file
+    whose inputs have free dims beyond the batch cannot be run without an example: then ``check_onnx(path,
+    original, example)`` is the proof, and the report says it was not verified and why.
     """
     profile, chosen, slower = resolve(target, method, scope, layout)
     method, scope, layout = chosen["method"], chosen["scope"], chosen["layout"]
@@ -82,4 +89,24 @@ def convert_onnx(
     if report.converted and all(v.shape is not None and v.shape.is_static() for v in graph_model.graph.inputs):
         graph_model = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(graph_model), data_prop=True))
         _tidy.simplify_moves(graph_model)
-    return ir.to_proto(graph_model), report
+    result = ir.to_proto(graph_model)
+    if verify:
+        report.verified = _verified(result, proto)
+    return result, report
+
+
+def _verified(converted: onnx.ModelProto, original: onnx.ModelProto) -> Verification:
+    """The converted file run beside the original in onnxruntime (``check_onnx``); a VerificationError where
+    they differ."""
+    from ..check import check_onnx
+
+    with tempfile.TemporaryDirectory(prefix="fxconv-verify-") as folder:
+        path = Path(folder) / "converted.onnx"
+        onnx.save(converted, path, save_as_external_data=converted.ByteSize() >= 2**31 - 2**20)
+        try:
+            check = check_onnx(path, original)
+        except InvalidArgumentError as e:  # free dims beyond the batch: no inputs can be drawn without an example
+            return Verification((), 0, 0.0, compared=False, note=f"not run in onnxruntime: {e}")
+    if not check.passed:
+        raise VerificationError(f"the converted file differs from the original in onnxruntime: {check}")
+    return Verification(check.batch_sizes, 1, check.max_abs_diff)

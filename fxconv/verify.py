@@ -1,0 +1,206 @@
+"""Every conversion proves itself before it is returned: the converted module against the model.
+
+``convert`` (and ``convert_onnx``, in onnxruntime: ``fxconv.onnx.convert``) compare before they return::
+
+    model ─────┬─ the example ───────────────────┬─ outputs, state ─┐
+               └─ fresh inputs at another batch ─┘                  ├─ each output within tolerance?
+    converted ─┴─ the same, from the same state ─── outputs, state ─┘    (else VerificationError)
+
+What is compared. The example, and — where the batch is free (the graph is not fixed to one batch and
+the model runs at another) — fresh random inputs at the example's batch + 1: floats uniform in the
+example's range, integers in it too (token ids stay below the vocabulary), booleans the example's rows.
+A forward that writes state (a KV cache, running statistics, a step counter: the buffers whose version a
+call moves) is called ``STEPS`` times in a row, and every buffer the model wrote is compared after each
+call. Both start from the same state, and every buffer is given back as it was. The model runs in its
+own mode (train or eval), both under one random seed.
+
+Tolerance: ``fxconv.check``'s, each output against its own scale (``|got - want| <= atol + rtol ·
+max|want|``; (1e-4, 1e-5) in float32): a convolution sums in another order than the Linear did, and a
+wrong rewrite is off by the order of the output itself. Integer, boolean and other outputs are equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.export import ExportedProgram
+from torch.utils._pytree import tree_flatten
+
+from ._util import Example, buffers_kept, eval_mode
+from .check import tolerance
+from .errors import VerificationError, first_line
+from .report import Verification
+
+__all__ = ["STEPS", "verify"]
+
+STEPS = 3  # calls in a row for a forward that writes state: each reads what the ones before wrote
+
+
+def verify(model, converted, inputs: Example, *, batch_free: bool = True) -> Verification:
+    """Compare ``converted`` with ``model`` (modules or ExportedPrograms) as the module docstring says; raise
+    :class:`VerificationError` naming the output and the difference where they differ."""
+    reference, candidate = (m.module() if isinstance(m, ExportedProgram) else m for m in (model, converted))
+    runs, note = [inputs], ""
+    if batch_free and inputs.batch is not None:
+        fresh = _fresh(inputs, inputs.batch + 1)
+        if _runs(reference, fresh):
+            runs.append(fresh)
+        else:
+            note = f"the model does not run at batch {inputs.batch + 1}: compared at its example's batch only"
+    batches = tuple(e.batch for e in runs if e.batch is not None)
+    try:
+        return Verification(batches, *_compare_runs(reference, candidate, runs), note=note)
+    except VerificationError as e:
+        if not _draws_random(reference, inputs):
+            raise
+        if not any(m.training for m in reference.modules()):
+            return Verification(batches, 0, 0.0, compared=False, note=(
+                "the forward draws random numbers (torch.rand, ...), which the converted module draws in its own "
+                f"layout, so the two cannot be compared ({first_line(e)})"))
+        with eval_mode(reference), eval_mode(candidate):  # dropout's masks are drawn in each module's layout
+            compared = _compare_runs(reference, candidate, runs)
+        why = "in training mode the forward draws random numbers (dropout), each module in its own layout"
+        return Verification(batches, *compared, note="; ".join(filter(None, (f"compared in eval mode: {why}", note))))
+
+
+def _compare_runs(reference: nn.Module, candidate: nn.Module, runs: list[Example]) -> tuple[int, float, tuple]:
+    """(calls in a row, the largest difference, the buffers the model writes) over ``runs``, each from the same
+    state; a VerificationError where an output or a written buffer differs."""
+    worst, state, calls = 0.0, (), 1
+    with contextlib.ExitStack() as stack:
+        give_back = [stack.enter_context(buffers_kept(m)) for m in (reference, candidate)]
+        for example in runs:
+            for restore in give_back:
+                restore()
+            want = _calls(reference, example, STEPS, stateless_once=True)
+            written = list(dict.fromkeys(name for _, buffers in want for name in buffers))
+            for restore in give_back:
+                restore()
+            got = _calls(candidate, example, len(want), where=f"batch {example.batch}")
+            for step, ((outputs, buffers), (outputs_got, buffers_got)) in enumerate(zip(want, got)):
+                where = f"at batch {example.batch}" + (f", call {step + 1}" if len(want) > 1 else "")
+                worst = max(worst, _compare(outputs, outputs_got, "output", where))
+                for name in written:
+                    if name not in dict(candidate.named_buffers()):
+                        raise VerificationError(f"the converted module has no buffer {name!r}, which the model "
+                                                "writes in its forward")  # fmt: skip
+                    if name not in buffers_got:
+                        raise VerificationError(f"buffer {name!r} {where}: the model writes it, the converted "
+                                                "module does not")  # fmt: skip
+                    worst = max(worst, _compare(buffers[name], buffers_got[name], f"buffer {name!r}", where))
+            state, calls = tuple(written) or state, max(calls, len(want))
+    return calls, worst, state
+
+
+def _calls(module: nn.Module, example: Example, steps: int, *, stateless_once: bool = False,
+           where: str = "") -> list[tuple[object, dict]]:
+    """``steps`` calls of ``module`` in a row, each under one seed: each one's outputs and the buffers it
+    wrote (copies). ``stateless_once``: one call where the first writes no buffer. ``where``: errors are the
+    converted module's (a VerificationError)."""
+    done = []
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for _ in range(steps):
+            torch.manual_seed(0)
+            before = {name: (id(b), b._version) for name, b in module.named_buffers()}
+            try:
+                outputs = example.call(module)
+            except Exception as e:
+                if not where:
+                    raise
+                raise VerificationError(f"the converted module fails at {where}, where the model runs: "
+                                        f"{type(e).__name__}: {first_line(e)}") from e  # fmt: skip
+            written = {name: b.clone() for name, b in module.named_buffers()  # written in place, or assigned anew
+                       if before.get(name) != (id(b), b._version)}
+            done.append((outputs, written))
+            if stateless_once and not written:
+                break
+    return done
+
+
+def _draws_random(module: nn.Module, example: Example) -> bool:
+    """Whether a call of ``module`` moves the random generator (dropout in training mode, torch.rand)."""
+    with buffers_kept(module), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        before = torch.get_rng_state()
+        example.call(module)
+        return not torch.equal(before, torch.get_rng_state())
+
+
+def _runs(module: nn.Module, example: Example) -> bool:
+    """Whether ``module`` takes ``example`` (its state given back)."""
+    try:
+        with buffers_kept(module):
+            _calls(module, example, 1)
+    except Exception:
+        return False
+    return True
+
+
+def _fresh(inputs: Example, batch: int) -> Example:
+    """Random inputs like the example at ``batch``: values in each tensor's range, of its dtype."""
+    generator = torch.Generator().manual_seed(0)
+    size = inputs.batch
+
+    def fresh(t: torch.Tensor) -> torch.Tensor:
+        if not t.dim() or t.shape[0] != size:  # not batched: shared by the rows (a table, a position)
+            return t
+        shape = (batch, *t.shape[1:])
+        if t.is_floating_point() and t.numel():
+            low, high = t.min().item(), t.max().item()
+            if not (low < high):
+                return t[torch.arange(batch) % size]
+            values = torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
+            return values.to(t.dtype)
+        if t.dtype != torch.bool and not t.is_complex() and t.numel():
+            low, high = int(t.min()), int(t.max())
+            return torch.randint(low, high + 1, shape, generator=generator).to(t.dtype)
+        return t[torch.arange(batch) % size]  # booleans (masks) and the rest: the example's rows
+
+    return inputs.map(fresh)
+
+
+def _compare(want, got, what: str, where: str) -> float:
+    """The largest absolute difference between two outputs (nests of tensors and plain values); a
+    VerificationError where one differs beyond tolerance."""
+    want_leaves, want_spec = tree_flatten(want)
+    got_leaves, got_spec = tree_flatten(got)
+    if len(want_leaves) != len(got_leaves):
+        raise VerificationError(f"the converted module returns {len(got_leaves)} values {where}, the model "
+                                f"{len(want_leaves)}")  # fmt: skip
+    worst = 0.0
+    for i, (w, g) in enumerate(zip(want_leaves, got_leaves)):
+        name = f"{what} {i}" if len(want_leaves) > 1 and what == "output" else what
+        if not isinstance(w, torch.Tensor) or not isinstance(g, torch.Tensor):
+            if type(w) is not type(g) or w != g:
+                raise VerificationError(f"{name} {where}: the model gives {w!r}, the converted module {g!r}")
+            continue
+        if w.shape != g.shape or w.dtype != g.dtype:
+            raise VerificationError(f"{name} {where}: the model gives {w.dtype} {tuple(w.shape)}, the converted "
+                                    f"module {g.dtype} {tuple(g.shape)}")  # fmt: skip
+        if not (w.is_floating_point() or w.is_complex()):
+            if not torch.equal(w, g):
+                raise VerificationError(f"{name} {where}: the converted module's {w.dtype} values differ from the "
+                                        f"model's at {int((w != g).sum())} of {w.numel()} places")  # fmt: skip
+            continue
+        worst = max(worst, _float_diff(w, g, name, where))
+    return worst
+
+
+def _float_diff(want: torch.Tensor, got: torch.Tensor, name: str, where: str) -> float:
+    """Max |got - want|, within ``fxconv.check``'s tolerance of want's scale; NaN and inf where the model has them."""
+    rtol, atol = tolerance(want.dtype)
+    want, got = want.detach().to(torch.float64), got.detach().to(torch.float64)
+    finite = torch.isfinite(want)
+    same_specials = torch.equal(want[~finite].nan_to_num(0.0), got[~finite].nan_to_num(0.0)) and torch.equal(
+        want[~finite].isnan(), got[~finite].isnan())
+    if not same_specials or not torch.isfinite(got[finite]).all():
+        bad = int((torch.isfinite(got) != finite).sum())
+        raise VerificationError(f"{name} {where}: the converted module gives NaN or inf at {bad} places where the "
+                                "model does not (or the other way round)")  # fmt: skip
+    diff = float((got[finite] - want[finite]).abs().max()) if finite.any() else 0.0
+    scale = float(want[finite].abs().max()) if finite.any() else 0.0
+    if diff > atol + rtol * scale:
+        raise VerificationError(f"{name} {where}: the converted module differs from the model by {diff:.3g} "
+                                f"(max abs), over the tolerance {atol:g} + {rtol:g} × {scale:.3g} (its scale)")
+    return diff

@@ -1,0 +1,286 @@
+"""State a forward writes in place survives conversion, and every conversion proves itself (fxconv.verify).
+
+Modules of our own shapes — a KV cache written by ``index_copy_``, by assignment and by ``scatter_``, a
+recurrent state by ``copy_``, running statistics by ``mul_``/``add_``, a step counter — under every capture
+and target, each run for several calls beside the original with its buffers compared.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import fxconv
+from fxconv import VerificationError
+from fxconv.verify import STEPS
+
+
+class IndexCopyCache(nn.Module):
+    """A decode step: writes one token's key into its cache at ``pos``, attends over the cache (batch 1)."""
+
+    def __init__(self, width=16, length=6):
+        super().__init__()
+        self.q, self.k = nn.Linear(width, width), nn.Linear(width, width)
+        self.register_buffer("cache", torch.zeros(1, length, width))
+        self.register_buffer("pos", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):  # (1, 1, width)
+        self.cache.index_copy_(1, self.pos.view(1), self.k(x))
+        self.pos.add_(1)
+        return self.q(x) @ self.cache.transpose(1, 2)  # reads what the writes left: never a constant
+
+
+class AssignedCache(nn.Module):
+    """``cache[:, i] = k``: an assignment into the cache, then a Linear on all of it."""
+
+    def __init__(self, width=8, length=4):
+        super().__init__()
+        self.k, self.out = nn.Linear(width, width), nn.Linear(width, 3)
+        self.register_buffer("cache", torch.zeros(1, length, width))
+        self.register_buffer("steps", torch.zeros(1, dtype=torch.long))
+
+    def forward(self, x):  # (1, 1, width)
+        self.cache[:, 1] = self.k(x)[:, 0]
+        self.steps += 1
+        return self.out(self.cache)
+
+
+class ScatteredCache(nn.Module):
+    """``scatter_`` of a Linear's output into a buffer, read back by another Linear."""
+
+    def __init__(self, width=8, length=5):
+        super().__init__()
+        self.k, self.out = nn.Linear(width, width), nn.Linear(width, width)
+        self.register_buffer("cache", torch.zeros(2, length, width))
+
+    def forward(self, x):  # (2, 1, width)
+        index = torch.zeros(2, 1, self.cache.shape[2], dtype=torch.long) + 2
+        self.cache.scatter_(1, index, self.k(x))
+        return self.out(self.cache.mean(1, keepdim=True) + x)
+
+
+class Recurrent(nn.Module):
+    """A streaming cell: the state a call leaves is the next call's input."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.cell = nn.Linear(width, width)
+        self.register_buffer("state", torch.zeros(2, width))
+
+    def forward(self, x):  # (2, width)
+        new = torch.tanh(self.cell(x) + self.state)
+        self.state.copy_(new)
+        return new
+
+
+class RunningMean(nn.Module):
+    """Running statistics and a step counter, any batch."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):  # (N, L, width)
+        y = self.fc(x)
+        self.mean.mul_(0.9).add_(0.1 * y.mean((0, 1)))
+        self.count.add_(1)
+        return y - self.mean
+
+
+STATEFUL = [  # (module, example, the buffers it writes)
+    (IndexCopyCache, (1, 1, 16), ["cache", "pos"]),
+    (AssignedCache, (1, 1, 8), ["cache", "steps"]),
+    (ScatteredCache, (2, 1, 8), ["cache"]),
+    (Recurrent, (2, 8), ["state"]),
+    (RunningMean, (2, 3, 8), ["count", "mean"]),
+]
+
+
+@pytest.mark.parametrize("target", fxconv.TARGETS)
+@pytest.mark.parametrize("capture", fxconv.CAPTURES)
+@pytest.mark.parametrize(("cls", "shape", "state"), STATEFUL, ids=[s[0].__name__ for s in STATEFUL])
+def test_state_written_in_place_survives_every_capture_and_target(cls, shape, state, capture, target):
+    torch.manual_seed(0)
+    model, reference = cls().eval(), cls().eval()
+    reference.load_state_dict(model.state_dict())
+    module, report = fxconv.convert(model, torch.randn(shape), scope="all", target=target, capture=capture)
+    assert report.state == state
+    assert report.verified.calls == STEPS and sorted(report.verified.state) == state
+    assert all(torch.count_nonzero(b) == 0 for b in model.buffers())  # fxconv's own runs gave every buffer back
+    assert all(torch.count_nonzero(b) == 0 for b in module.buffers() if b.dtype != torch.bool)
+    for _ in range(STEPS + 1):  # each call reads what the ones before wrote
+        x = torch.randn(shape)
+        torch.testing.assert_close(module(x), reference(x))
+    buffers = dict(module.named_buffers())
+    for name, buffer in reference.named_buffers():
+        torch.testing.assert_close(buffers[name], buffer)
+
+
+def test_the_report_names_the_state_and_what_was_verified():
+    model = RunningMean().eval()
+    module, report = fxconv.convert(model, torch.randn(2, 3, 8), scope="all", capture="fx")
+    text = str(report)
+    assert "state      count, mean: written in place by the forward" in text
+    assert f"verified: batches 2 and 3, {STEPS} calls in a row, max abs diff" in text
+    assert report.to_dict()["verified"]["batches"] == (2, 3)
+
+
+class Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.conv(x), 1))
+
+
+def test_a_stateless_model_is_verified_at_two_batches_once_each():
+    module, report = fxconv.convert(Head().eval(), torch.randn(2, 3, 6, 6))
+    assert report.verified.batches == (2, 3) and report.verified.calls == 1 and report.verified.state == ()
+    assert 0 < report.verified.max_abs_diff < 1e-4
+    assert str(report).splitlines()[-1].startswith("  verified: batches 2 and 3, max abs diff")
+
+
+def test_verify_false_says_not_verified_loudly():
+    _, report = fxconv.convert(Head().eval(), torch.randn(2, 3, 6, 6), verify=False)
+    assert report.verified is None
+    assert "NOT VERIFIED: verify=False" in str(report)
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_a_wrong_rewrite_is_caught_before_convert_returns(monkeypatch, capture):
+    from fxconv.fx.emit import FxBuilder
+
+    conv = FxBuilder.conv
+
+    def off_by_a_little(self, x, linear, weight_steps, kernel, strides):  # every conv 1 % too large
+        return self.binary("mul", conv(self, x, linear, weight_steps, kernel, strides), 1.01)
+
+    monkeypatch.setattr(FxBuilder, "conv", off_by_a_little)
+    model = Head().eval()
+    with pytest.raises(VerificationError, match=r"output at batch 2: the converted module differs from the model by"):
+        fxconv.convert(model, torch.randn(2, 3, 6, 6), capture=capture)
+
+
+def test_a_dropped_write_is_caught(monkeypatch):
+    """What the rewrite did before: fx's dead-code pass took the unread in-place writes away."""
+    from fxconv.fx import emit
+
+    monkeypatch.setattr(emit, "is_side_effect", lambda node: node.is_impure())
+    with pytest.raises(VerificationError, match=r"buffer 'state' at batch 2, call 1: the model writes it, the "
+                                                r"converted module does not"):
+        fxconv.convert(Recurrent().eval(), torch.randn(2, 8), scope="all", capture="fx")
+
+
+def test_a_module_that_fails_at_another_batch_is_caught(monkeypatch):
+    from fxconv.fx.emit import FxBuilder
+
+    finish = FxBuilder.finish
+
+    def finish_at_one_batch(self):  # a result that runs at the example's batch only
+        finish(self)
+        forward = self.gm.forward
+        self.gm.forward = lambda x: forward(x) if x.shape[0] == 2 else x.view(-1, 7)
+
+    monkeypatch.setattr(FxBuilder, "finish", finish_at_one_batch)
+    with pytest.raises(VerificationError, match="the converted module fails at batch 3, where the model runs"):
+        fxconv.convert(Head().eval(), torch.randn(2, 3, 6, 6), capture="fx")
+
+
+class Many(nn.Module):
+    """Outputs of every kind: floats, integers, booleans, a plain number, None, a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        return {"logits": y, "label": y.argmax(1), "positive": y > 0, "rows": y.shape[0], "none": None}
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_integer_boolean_and_plain_outputs_are_compared(capture):
+    module, report = fxconv.convert(Many().eval(), torch.randn(2, 3, 2, 2), capture=capture)
+    assert report.verified.batches == (2, 3) and len(report.converted) == 1
+
+
+class Noisy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.drop = nn.Linear(8, 16), nn.Linear(16, 8), nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.fc2(self.drop(torch.relu(self.fc1(x))))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_dropout_in_training_mode_is_compared_under_one_seed_or_in_eval_mode(capture):
+    model = Noisy().train()
+    module, report = fxconv.convert(model, torch.randn(2, 5, 8), scope="all", capture=capture)
+    assert report.verified.compared
+    assert report.verified.note == "" or report.verified.note.startswith("compared in eval mode")
+    assert model.training  # given back in its own mode
+
+
+class Sampler(nn.Module):
+    """Noise drawn in the forward, shaped like a value the conversion lays out otherwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(h + torch.rand_like(h))
+
+
+def test_random_draws_are_compared_under_one_seed():
+    module, report = fxconv.convert(Sampler().eval(), torch.randn(2, 5, 8), scope="all", capture="fx")
+    verified = report.verified
+    assert (verified.compared and verified.max_abs_diff < 1e-4) or verified.note.startswith("the forward draws")
+    assert str(verified).startswith("verified" if verified.compared else "NOT VERIFIED")
+
+
+def test_a_buffer_read_as_a_weight_follows_a_loaded_state_dict():
+    """symbolic_trace used to freeze what is computed from a buffer alone as a constant of the graph."""
+
+    class Projection(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("basis", torch.randn(6, 4))
+
+        def forward(self, x):  # (N, 6, 1, 1) -> flatten -> @ basis
+            return x.flatten(1) @ self.basis.t().t()
+
+    model = Projection().eval()
+    module, report = fxconv.convert(model, torch.randn(2, 6, 1, 1), capture="fx")
+    module.load_state_dict({"basis": torch.ones(6, 4)})
+    x = torch.randn(3, 6, 1, 1)
+    torch.testing.assert_close(module(x), x.flatten(1) @ torch.ones(6, 4))
+
+
+class Reassigned(nn.Module):
+    """``self.h = ...``: the forward gives its buffer a new tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.Linear(8, 8)
+        self.register_buffer("h", torch.zeros(2, 8))
+
+    def forward(self, x):
+        self.h = torch.tanh(self.cell(x) + self.h)
+        return self.h * 2
+
+
+def test_a_buffer_assigned_anew_is_state_through_torch_export_and_refused_by_symbolic_trace():
+    with pytest.raises(fxconv.TraceError, match=r"assigns its buffer 'h' \(self.h = \.\.\.\), a write symbolic_trace "
+                                                r"cannot record"):
+        fxconv.convert(Reassigned().eval(), torch.randn(2, 8), capture="fx")
+    model = Reassigned().eval()
+    module, report = fxconv.convert(model, torch.randn(2, 8), scope="all")
+    assert report.capture == "torch.export" and report.state == ["h"] and report.verified.calls == STEPS
+    assert torch.count_nonzero(model.h) == 0  # given back, the tensor it had included
