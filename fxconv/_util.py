@@ -127,7 +127,9 @@ def buffers_kept(module: nn.Module):
         with torch.no_grad():
             for m, key, b, was in saved:
                 m._buffers[key] = b  # a forward may assign its buffer a new tensor (self.h = ...)
-                b.resize_(was.shape).copy_(was)  # resized too: an observer's empty min/max grows on its first run
+                if b.shape != was.shape:  # an observer's empty min/max grows on its first run
+                    b.resize_(was.shape)  # (only then: a buffer that requires grad cannot be resized at all)
+                b.copy_(was)
 
     try:
         yield give_back

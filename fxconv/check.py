@@ -117,10 +117,23 @@ class Session:
     run: Callable[[list[np.ndarray]], list[np.ndarray]]
 
 
+# Every op that multiplies by a matrix: float, and the quantised forms (QOperator files, int4 weights).
+PRODUCTS = frozenset({"Gemm", "MatMul", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulNBits", "FusedMatMul"})
+
+
 def weight_products(model: onnx.ModelProto) -> int:
-    """How many Gemm/MatMul nodes of the graph read an initializer: the Linears still in the file."""
-    initializers = {i.name for i in model.graph.initializer}
-    return sum(n.op_type in ("Gemm", "MatMul") and any(i in initializers for i in n.input) for n in model.graph.node)
+    """How many matrix products of the graph read a weight — an initializer, or a value computed from
+    initializers alone (a QDQ file's DequantizeLinear of an int8 weight, a transposed weight): the
+    Linears still in the file."""
+    constants = {i.name for i in model.graph.initializer}
+    count = 0
+    for n in model.graph.node:  # in topological order, as ONNX requires
+        inputs = [i for i in n.input if i]
+        if n.op_type == "Constant" or (inputs and all(i in constants for i in inputs)):
+            constants.update(n.output)
+        elif n.op_type in PRODUCTS and any(i in constants for i in inputs):
+            count += 1
+    return count
 
 
 def open_session(path: str | os.PathLike, runtime: str = "onnxruntime", *, threads: int | None = None) -> Session:

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from .errors import FxconvError, InvalidArgumentError
 from .options import CAPTURES, LAYOUTS, METHODS, OLDEST_OPSET, RUNTIMES, SCOPES, TARGETS
 
 if TYPE_CHECKING:
+    import onnx
 
     from .report import Report
 
@@ -120,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the command line says things: one line, in its flags (``--scope all``), no source path."""
+    text = _as_flags(" ".join(str(message).split()))
+    print(f"fxconv: warning: {text}", file=sys.stderr if file is None else file)
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
@@ -137,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = _parser().parse_args(argv)
     try:
-        with _Interrupts():
+        with _Interrupts(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning
             return _convert(args, started) if args.command == "convert" else _inspect(args)
     except KeyboardInterrupt:  # the staging folders are context managers: nothing is left behind
         print("fxconv: interrupted; nothing was written", file=sys.stderr)
@@ -188,7 +197,7 @@ def _convert(args: argparse.Namespace, started: float) -> int:
             source.write(staged)
         written_model = load_onnx(staged)
         ops, products = op_census(written_model), weight_products(written_model)
-        print(_census_table(ops, report, products))
+        print(_census_table(written_model, report, ops, products))
         check = None
         if not args.no_check:
             with _step(f"checking with {args.runtime} against {source.reference_name}", "check", timings):
@@ -314,14 +323,36 @@ def _as_flags(text: str) -> str:
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
-    """'1,3,224,224' -> (1, 3, 224, 224)."""
+    """'1,3,224,224' -> (1, 3, 224, 224); a shape whose float32 example alone would not fit in this machine's
+    memory is refused before anything is allocated."""
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
         shape = ()
     if len(shape) < 2 or min(shape) < 1:
         raise InvalidArgumentError(f"--input-shape {text!r} is not a shape like 1,3,224,224")
+    size, memory = math.prod(shape) * 4, _memory()
+    if memory and size > memory:
+        raise InvalidArgumentError(f"--input-shape {text}: one example is {_bytes(size)} of float32, more than this "
+                                   f"machine's {_bytes(memory)} of memory")  # fmt: skip
     return shape
+
+
+def _memory() -> int:
+    """This machine's physical memory in bytes (0 where it cannot be read)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def _bytes(n: float) -> str:
+    """1.2 GiB, 18.2 TiB: a size for people, in the units ``inspect`` prints."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _check_before_torch(args: argparse.Namespace) -> None:
@@ -367,13 +398,19 @@ def _check_distinct(args: argparse.Namespace) -> None:
 
 
 def _check_writable(path: Path, force: bool) -> None:
-    """Refuse, before any work, an output whose folder is missing or that exists (unless forced)."""
+    """Refuse, before any work, an output whose folder is missing or cannot be written in, or that exists
+    (unless forced)."""
     if path.is_dir():
         raise InvalidArgumentError(f"{path} is a directory: name the file to write, e.g. {path / 'model.onnx'}")
     if not path.parent.is_dir():
         raise InvalidArgumentError(f"cannot write {path}: directory {path.parent} does not exist")
     if path.exists() and not force:
         raise InvalidArgumentError(f"{path} exists; pass --force to replace it")
+    try:  # what the write will do: a staging file beside the output (permissions, a read-only file system)
+        with tempfile.TemporaryFile(prefix=".fxconv-", dir=path.parent):
+            pass
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot write {path}: {e.strerror or e} in {path.parent}") from None
 
 
 class _Timings(dict):
@@ -446,17 +483,30 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()  # signals can only be set there
 
 
-def _census_table(ops: dict[str, int], report: Report, weight_products: int) -> str:
-    """The file's op counts; the Convs that replaced Linears and any Gemm/MatMul reading a weight are marked.
+def _census_table(model: onnx.ModelProto, report: Report, ops: dict[str, int], products: int) -> str:
+    """The file's op counts, each figure read from the file: the Convs and Gemms that read a converted
+    Linear's weight (by its name, which the export keeps) are marked, and the matrix products still reading
+    a weight counted (``check.weight_products``: quantised forms too).
 
-    The original model is not exported for a comparison (that would double the export time): what the
-    rewrite changed is known from the report, and what it left is counted in the file.
+    The original model is not exported for a comparison (that would double the export time).
     """
+    from .check import PRODUCTS
+
+    names = {c.name.split(" (call ")[0] for c in report.converted}
+    weights = names | {f"{name}.weight" for name in names}
+    reading: dict[str, int] = {}
+    for node in model.graph.node:
+        if len(node.input) > 1 and (node.input[1] in weights or node.input[0] in weights):
+            reading[node.op_type] = reading.get(node.op_type, 0) + 1
     lines = [f"  {'ONNX op':<24}{'count':>7}"]
     for op, n in ops.items():
-        note = f"   <- {len(report.converted)} replace Linears" if op == "Conv" and report.converted else ""
+        note = ""
+        if op == "Conv" and reading.get(op):
+            note = f"   <- {reading[op]} replace Linears"
+        elif op in PRODUCTS and reading.get(op):
+            note = f"   <- {reading[op]} Linears re-laid, not made convolutions (channels-last)"
         lines.append(f"  {op:<24}{n:>7}{note}")
-    lines.append(f"  Gemm/MatMul reading a weight: {weight_products}")
+    lines.append(f"  Gemm/MatMul reading a weight: {products}")
     return "\n".join(lines)
 
 

@@ -8,7 +8,8 @@
 
 What is compared. The example, and — where the batch is free (the graph is not fixed to one batch and
 the model runs at another) — fresh random inputs at the example's batch + 1: floats uniform in the
-example's range, integers in it too (token ids stay below the vocabulary), booleans the example's rows.
+example's range, integers in it too (token ids stay below the vocabulary); booleans and floats holding
+-inf (masks) are the example's rows.
 A forward that writes state (a KV cache, running statistics, a step counter: the buffers whose version a
 call moves) is called ``STEPS`` times in a row, and every buffer the model wrote is compared after each
 call. Both start from the same state, and every buffer is given back as it was. The model runs in its
@@ -22,6 +23,7 @@ wrong rewrite is off by the order of the output itself. Integer, boolean and oth
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 from torch import nn
@@ -42,39 +44,41 @@ def verify(model, converted, inputs: Example, *, batch_free: bool = True) -> Ver
     """Compare ``converted`` with ``model`` (modules or ExportedPrograms) as the module docstring says; raise
     :class:`VerificationError` naming the output and the difference where they differ."""
     reference, candidate = (m.module() if isinstance(m, ExportedProgram) else m for m in (model, converted))
-    runs, note = [inputs], ""
+    runs = [inputs]
     if batch_free and inputs.batch is not None:
-        fresh = _fresh(inputs, inputs.batch + 1)
-        if _runs(reference, fresh):
-            runs.append(fresh)
-        else:
-            note = f"the model does not run at batch {inputs.batch + 1}: compared at its example's batch only"
-    batches = tuple(e.batch for e in runs if e.batch is not None)
+        runs.append(_fresh(inputs, inputs.batch + 1))
     try:
-        return Verification(batches, *_compare_runs(reference, candidate, runs), note=note)
+        return _compare_runs(reference, candidate, runs)
     except VerificationError as e:
         if not _draws_random(reference, inputs):
             raise
         if not any(m.training for m in reference.modules()):
-            return Verification(batches, 0, 0.0, compared=False, note=(
+            return Verification((), 0, 0.0, compared=False, note=(
                 "the forward draws random numbers (torch.rand, ...), which the converted module draws in its own "
                 f"layout, so the two cannot be compared ({first_line(e)})"))
         with eval_mode(reference), eval_mode(candidate):  # dropout's masks are drawn in each module's layout
-            compared = _compare_runs(reference, candidate, runs)
-        why = "in training mode the forward draws random numbers (dropout), each module in its own layout"
-        return Verification(batches, *compared, note="; ".join(filter(None, (f"compared in eval mode: {why}", note))))
+            verified = _compare_runs(reference, candidate, runs)
+        why = ("compared in eval mode: in training mode the forward draws random numbers (dropout), each module "
+               "in its own layout")
+        return dataclasses.replace(verified, note="; ".join(filter(None, (why, verified.note))))
 
 
-def _compare_runs(reference: nn.Module, candidate: nn.Module, runs: list[Example]) -> tuple[int, float, tuple]:
-    """(calls in a row, the largest difference, the buffers the model writes) over ``runs``, each from the same
-    state; a VerificationError where an output or a written buffer differs."""
-    worst, state, calls = 0.0, (), 1
+def _compare_runs(reference: nn.Module, candidate: nn.Module, runs: list[Example]) -> Verification:
+    """The two modules over ``runs`` (the example, then fresh inputs the model may not take), each from the
+    same state; a VerificationError where an output or a written buffer differs."""
+    worst, state, calls, batches, note = 0.0, (), 1, [], ""
     with contextlib.ExitStack() as stack:
         give_back = [stack.enter_context(buffers_kept(m)) for m in (reference, candidate)]
         for example in runs:
             for restore in give_back:
                 restore()
-            want = _calls(reference, example, STEPS, stateless_once=True)
+            try:
+                want = _calls(reference, example, STEPS, stateless_once=True)
+            except Exception:
+                if example is runs[0]:
+                    raise
+                note = f"the model does not run at batch {example.batch}: compared at its example's batch only"
+                continue
             written = list(dict.fromkeys(name for _, buffers in want for name in buffers))
             for restore in give_back:
                 restore()
@@ -91,7 +95,8 @@ def _compare_runs(reference: nn.Module, candidate: nn.Module, runs: list[Example
                                                 "module does not")  # fmt: skip
                     worst = max(worst, _compare(buffers[name], buffers_got[name], f"buffer {name!r}", where))
             state, calls = tuple(written) or state, max(calls, len(want))
-    return calls, worst, state
+            batches += [example.batch] if example.batch is not None else []
+    return Verification(tuple(batches), calls, worst, state, note)
 
 
 def _calls(module: nn.Module, example: Example, steps: int, *, stateless_once: bool = False,
@@ -127,16 +132,6 @@ def _draws_random(module: nn.Module, example: Example) -> bool:
         return not torch.equal(before, torch.get_rng_state())
 
 
-def _runs(module: nn.Module, example: Example) -> bool:
-    """Whether ``module`` takes ``example`` (its state given back)."""
-    try:
-        with buffers_kept(module):
-            _calls(module, example, 1)
-    except Exception:
-        return False
-    return True
-
-
 def _fresh(inputs: Example, batch: int) -> Example:
     """Random inputs like the example at ``batch``: values in each tensor's range, of its dtype."""
     generator = torch.Generator().manual_seed(0)
@@ -146,16 +141,14 @@ def _fresh(inputs: Example, batch: int) -> Example:
         if not t.dim() or t.shape[0] != size:  # not batched: shared by the rows (a table, a position)
             return t
         shape = (batch, *t.shape[1:])
-        if t.is_floating_point() and t.numel():
+        if not t.numel() or t.dtype == torch.bool or t.is_complex() or not torch.isfinite(t).all():
+            return t[torch.arange(batch) % size]  # booleans, additive masks (-inf) and the rest: the example's rows
+        if t.is_floating_point():
             low, high = t.min().item(), t.max().item()
-            if not (low < high):
-                return t[torch.arange(batch) % size]
             values = torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
             return values.to(t.dtype)
-        if t.dtype != torch.bool and not t.is_complex() and t.numel():
-            low, high = int(t.min()), int(t.max())
-            return torch.randint(low, high + 1, shape, generator=generator).to(t.dtype)
-        return t[torch.arange(batch) % size]  # booleans (masks) and the rest: the example's rows
+        low, high = int(t.min()), int(t.max())
+        return torch.randint(low, high + 1, shape, generator=generator).to(t.dtype)
 
     return inputs.map(fresh)
 

@@ -284,3 +284,64 @@ def test_a_buffer_assigned_anew_is_state_through_torch_export_and_refused_by_sym
     module, report = fxconv.convert(model, torch.randn(2, 8), scope="all")
     assert report.capture == "torch.export" and report.state == ["h"] and report.verified.calls == STEPS
     assert torch.count_nonzero(model.h) == 0  # given back, the tensor it had included
+
+
+class MaskedAttention(nn.Module):
+    """Self-attention under a padding mask, called with rows whose keys are all masked (left padding)."""
+
+    def __init__(self, width=16, heads=2):
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, x, keep):  # x (N, L, C), keep (N, 1, L, L) boolean
+        n, length, width = x.shape
+        qkv = self.qkv(x)
+        q, k, v = (qkv[..., i * width:(i + 1) * width].view(n, length, self.heads, -1).transpose(1, 2)
+                   for i in range(3))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        return self.out(y.transpose(1, 2).reshape(n, length, width))
+
+
+@pytest.mark.parametrize("boolean", [True, False], ids=["boolean", "additive"])
+@pytest.mark.parametrize("capture", ["fx", "export"])
+@pytest.mark.parametrize("target", fxconv.TARGETS)
+def test_a_query_whose_keys_are_all_masked_attends_to_nothing_as_in_pytorch(target, capture, boolean):
+    torch.manual_seed(0)
+    keep = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    keep[0, :, :2] = False  # the first two queries of row 0 see no key: sdpa gives them 0, not NaN
+    keep[0, :, :, :2] = False
+    mask = keep if boolean else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    model, x = MaskedAttention().eval(), torch.randn(2, 5, 16)
+    module, report = fxconv.convert(model, (x, mask), scope="all", target=target, capture=capture)
+    assert report.verified.compared
+    got = module(x, mask)
+    assert not got.isnan().any()
+    torch.testing.assert_close(got, model(x, mask))
+
+
+class WideValues(nn.Module):
+    """Attention whose value heads are wider than its query and key heads (timm's TinyViT: attn_ratio)."""
+
+    def __init__(self, width=16, heads=2, key_dim=4, value_dim=12):
+        super().__init__()
+        self.heads, self.key_dim, self.value_dim = heads, key_dim, value_dim
+        self.q, self.k = nn.Linear(width, heads * key_dim), nn.Linear(width, heads * key_dim)
+        self.v, self.out = nn.Linear(width, heads * value_dim), nn.Linear(heads * value_dim, width)
+
+    def forward(self, x):
+        n, length, _ = x.shape
+        q, k = (p(x).view(n, length, self.heads, self.key_dim).transpose(1, 2) for p in (self.q, self.k))
+        v = self.v(x).view(n, length, self.heads, self.value_dim).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(n, length, -1))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_value_heads_wider_than_query_heads_convert_for_core_ml(capture):
+    model, x = WideValues().eval(), torch.randn(2, 5, 16)
+    module, report = fxconv.convert(model, x, target="coreml", capture=capture, strict=True)
+    assert report.verified.batches == (2, 3)
+    einsums = [n for n in module.graph.nodes if n.target is torch.einsum]
+    assert len(einsums) == 4  # split per head: two einsums each
+    x = torch.randn(4, 5, 16)
+    torch.testing.assert_close(module(x), model(x))

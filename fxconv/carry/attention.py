@@ -10,13 +10,17 @@ heads cost nothing, ``fxconv.layouts.SplitLayout``)::
     Kᵀ = K.transpose(1, 3)                                                  (N, S, 1, C): once
     for each head h:  w = einsum("bchq,bkhc->bkhq", Q[:, h·D:(h+1)·D], Kᵀ[..., h·D:(h+1)·D]) · scale + maskᵀ
                       w = softmax(w, dim=1)                                 (N, S, 1, L): keys along dim 1
-                      o_h = einsum("bkhq,bchk->bchq", w, V[:, h·D:(h+1)·D])  (N, D, 1, L)
-    O = cat(o_h, dim=1)                                                     (N, C, 1, L) ─ out_proj ─▶
+                      o_h = einsum("bkhq,bchk->bchq", w, V[:, h·Dv:(h+1)·Dv])  (N, Dv, 1, L)
+    O = cat(o_h, dim=1)                                                     (N, H·Dv, 1, L) ─ out_proj ─▶
+
+(D a query's and key's head dims, Dv a value's: TinyViT's value heads are wider.)
 
 The two einsums are the equations Apple's ml-ane-transformers and ml-stable-diffusion use; coremltools
 maps them to batched matmuls with no transpose (measured: one MIL transpose per attention, the Kᵀ).
 ``softmax(q·kᵀ·scale + mask)·v`` is the same sum per head, query and key, so the output is exact. Grouped
-heads (GQA: fewer key/value heads) read their group's slice; a boolean mask is its additive 0/-inf; a causal
+heads (GQA: fewer key/value heads) read their group's slice; a boolean mask is its additive 0/-inf, and a
+query whose keys are all masked (a left-padded batch's padding) attends to nothing — 0, as sdpa's safe
+softmax gives, where softmax over -inf alone is NaN (``where(isnan(w), 0, w)``); a causal
 one (``is_causal=True``, as Hugging Face's decoders call sdpa without a mask) is the constant (1, S, 1, L)
 mask that is 0 where key k <= query q and -inf after it, sdpa's own (top-left aligned). Not carried: dropout.
 """
@@ -60,7 +64,7 @@ class Attention(Rule):
 
     def rewrite(self, op, layout, ctx, build) -> Moved:
         q, k, v = (ctx.form(i.value) for i in op.inputs[:3])
-        heads, dim = op.inputs[0].shape[1], op.inputs[0].shape[-1]
+        heads, dim, value_dim = op.inputs[0].shape[1], op.inputs[0].shape[-1], op.inputs[2].shape[-1]
         kv_heads = op.inputs[1].shape[1]
         scale = op.params["scale"] if op.params["scale"] is not None else dim**-0.5
         keys = build.apply(k, [("permute", (0, 3, 2, 1))])  # (N, S, 1, C): the one transpose
@@ -85,8 +89,11 @@ class Attention(Rule):
             if mask is not None:
                 w = build.binary("add", w, build.slice(mask, 2, h, h + 1, 1) if mask_heads > 1 else mask)
             w = build.along("softmax", w, 1)
-            outputs.append(build.einsum("bkhq,bchk->bchq", w, build.slice(v, 1, g * dim, (g + 1) * dim, 1)))
-        return Moved(build.cat(outputs, 1), SplitLayout(_HEADS, (heads, dim)))
+            if op.params["mask"] is not None:  # a row whose keys are all masked: sdpa gives 0, softmax NaN
+                w = build.where(build.unary("isnan", w), 0.0, w)
+            v_h = build.slice(v, 1, g * value_dim, (g + 1) * value_dim, 1)  # a value head may be wider (TinyViT)
+            outputs.append(build.einsum("bkhq,bchk->bchq", w, v_h))
+        return Moved(build.cat(outputs, 1), SplitLayout(_HEADS, (heads, value_dim)))
 
 
 def _additive(build, mask, boolean: bool):

@@ -29,7 +29,7 @@ CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}  # keyed by the number of spatia
 _REDUCE = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.amin}
 _ALONG = {"softmax": torch.softmax, "log_softmax": torch.log_softmax}
 _BINARY = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
-_UNARY = {"rsqrt": torch.rsqrt}
+_UNARY = {"rsqrt": torch.rsqrt, "isnan": torch.isnan}
 _KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "from_node", "seq_nr", "torch_fn")
 
 
