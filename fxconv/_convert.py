@@ -154,6 +154,6 @@ def convert(
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     result = captured.gm if captured.program is None else export_again(captured.gm, captured.program, inputs)
     if verify:
-        report.verified = check_equal(model, result, inputs, batch_free=captured.fixed_batch is None)
+        report.verified = check_equal(model, result, inputs, batch_free=captured.fixed_batch is None, dense=dense)
     return ConvertResult(result, report)
 

@@ -137,6 +137,14 @@ def buffers_kept(module: nn.Module):
         give_back()
 
 
+def call_noting_writes(module: nn.Module, example: Example) -> tuple[object, dict[str, torch.Tensor]]:
+    """``module`` called on ``example``: its outputs, and the buffers the call wrote — in place (their version
+    moved) or assigned anew (``self.h = ...``) — by name."""
+    before = {name: (id(b), b._version) for name, b in module.named_buffers()}
+    outputs = example.call(module)
+    return outputs, {name: b for name, b in module.named_buffers() if before.get(name) != (id(b), b._version)}
+
+
 @contextlib.contextmanager
 def quiet(logger: logging.Logger):
     """``logger``'s warnings dropped for the duration (its errors still show)."""

@@ -294,7 +294,7 @@ def _torch_reference(reference, example_inputs) -> Run | None:
         reference = reference.module()
     if not isinstance(reference, torch.nn.Module):
         return None
-    from ._util import Example, eval_mode
+    from ._util import Example, buffers_kept, eval_mode
 
     given = _torch_example(example_inputs)
     if given is not None:
@@ -303,7 +303,7 @@ def _torch_reference(reference, example_inputs) -> Run | None:
     def run(inputs: tuple[np.ndarray, ...]) -> list[np.ndarray]:
         tensors = [torch.from_numpy(a) for a in inputs]
         call = given.with_tensors(tensors) if given is not None else Example(tuple(tensors))
-        with torch.no_grad(), eval_mode(reference):
+        with torch.no_grad(), eval_mode(reference), buffers_kept(reference):  # the check steps no cache
             outputs = _tensors(call.call(reference), torch)
         return [t.detach().to(torch.float64).numpy() for t in outputs]
 

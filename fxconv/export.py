@@ -32,7 +32,7 @@ from torch.export import ExportedProgram
 
 from ._opset import lower_opset
 from ._tidy import tidy
-from ._util import Example, batch_of_two, eval_mode, quiet
+from ._util import Example, batch_of_two, buffers_kept, call_noting_writes, eval_mode, quiet
 from .capture import fixed_batch
 from .errors import InvalidArgumentError, OnnxError, first_line
 from .options import OLDEST_OPSET
@@ -79,6 +79,7 @@ def export_onnx(
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise InvalidArgumentError(f"batch must be a positive int or None (dynamic), got {batch!r}")
     example = Example.of(example_inputs)
+    _refuse_state(module, _state(module, example))
     if not isinstance(module, ExportedProgram):
         example = example.bound(module)  # as capture passed it to torch.export
     count = len(example.tensors)
@@ -122,6 +123,29 @@ def export_onnx(
     _write_atomically(model, path, external)
     log.debug("fxconv: wrote %s", path)
     return path
+
+
+def _state(module, example: Example) -> list[str]:
+    """The buffers ``module``'s forward writes (torch.export's mutations; for a module, one call in eval mode
+    on the example, its buffers given back)."""
+    if isinstance(module, ExportedProgram):
+        return sorted(set(module.graph_signature.buffers_to_mutate.values()))
+    with torch.no_grad(), eval_mode(module), buffers_kept(module), torch.random.fork_rng(devices=[]):
+        try:
+            return sorted(call_noting_writes(module, example.bound(module))[1])
+        except Exception:  # the exporter will say why the model does not run
+            return []
+
+
+def _refuse_state(module, state: list[str]) -> None:
+    """An ONNX file has no state: a module whose forward writes buffers would be right for its first call only."""
+    if state:
+        raise OnnxError(
+            f"{type(module).__name__} writes the buffer{'s' * (len(state) > 1)} {', '.join(map(repr, state))} in its "
+            "forward (a KV cache, a recurrent state, "
+            "running statistics): an ONNX file runs each call from the same constants, so every call after the "
+            "first would differ. Export a step that takes that state as an input and returns the new state"
+        )
 
 
 _CONVERTER = logging.getLogger("onnxscript.version_converter")  # above opset 20 it says it hands over to onnx's

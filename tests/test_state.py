@@ -345,3 +345,23 @@ def test_value_heads_wider_than_query_heads_convert_for_core_ml(capture):
     assert len(einsums) == 4  # split per head: two einsums each
     x = torch.randn(4, 5, 16)
     torch.testing.assert_close(module(x), model(x))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_export_onnx_refuses_a_module_with_state_in_one_line(capture, tmp_path):
+    model = IndexCopyCache().eval()
+    module, _ = fxconv.convert(model, torch.randn(1, 1, 16), scope="all", capture=capture)
+    with pytest.raises(fxconv.OnnxError, match=r"writes the buffers 'cache', 'pos' in its forward .* an ONNX file "
+                                               r"runs each call from the same constants") as refused:
+        fxconv.export_onnx(module, torch.randn(1, 1, 16), tmp_path / "step.onnx")
+    assert "\n" not in str(refused.value) and not list(tmp_path.iterdir())  # nothing written
+    with pytest.raises(fxconv.OnnxError, match="writes the buffers 'cache', 'pos'"):  # the model itself too
+        fxconv.export_onnx(model, torch.randn(1, 1, 16), tmp_path / "model.onnx")
+
+
+def test_check_onnx_leaves_the_reference_model_s_state_as_it_was(tmp_path):
+    x = torch.randn(2, 3, 8)
+    path = fxconv.export_onnx(nn.Linear(8, 8).eval(), x, tmp_path / "fc.onnx")
+    stateful = RunningMean().eval()
+    fxconv.check_onnx(path, stateful, x)  # not this model's file: what matters is the model's state after
+    assert int(stateful.count) == 0 and torch.count_nonzero(stateful.mean) == 0
