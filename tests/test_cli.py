@@ -152,13 +152,29 @@ def test_help_answers_without_importing_torch(workdir):
         (["nets:make", "--input-shape", "0,3,16,16"], "is not a shape"),
         (["missing.pt2"], "MODEL 'missing.pt2' is neither torchvision:NAME"),
         (["m.onnx", "--batch", "1"], "--batch: not for an ONNX input"),
+        (["nets:make", "--input-shape", "1,3,100000,100000"], "one example is 111.8 GiB of float32, more than this"),
     ],
-    ids=["opset", "shape", "missing-file", "onnx-batch"],
+    ids=["opset", "shape", "missing-file", "onnx-batch", "huge-example"],
 )
 def test_what_can_be_refused_before_torch_is_imported_is(workdir, args, message):
     (workdir / "m.onnx").write_bytes(b"not read: refused first")
     result, ending = fxconv_cli_counting_torch("convert", *args, "-o", "out.onnx", cwd=workdir)
     assert ending == "2 False" and message in result.stderr, (result.stdout, result.stderr)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(workdir):
+    result, ending = fxconv_cli_counting_torch("convert", "nets:make", "-o", "/proc/fxconv-m.onnx", cwd=workdir)
+    assert ending == "2 False", (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith("fxconv: error: cannot write /proc/fxconv-m.onnx: ") and "in /proc" in result.stderr
+
+
+def test_the_self_check_is_printed_and_no_verify_says_so_loudly(workdir):
+    checked = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "-o", "m.onnx", cwd=workdir)
+    assert checked.returncode == 0 and "  verified: batches 1 and 2, max abs diff " in checked.stdout, checked.stderr
+    unchecked = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--no-verify", "-o", "n.onnx", cwd=workdir)
+    assert unchecked.returncode == 0 and "NOT VERIFIED: verify=False" in unchecked.stdout, unchecked.stderr
+    assert "--no-verify" in fxconv_cli("convert", "--help", cwd=workdir).stdout
 
 
 def test_a_runtime_that_is_not_installed_is_refused_before_any_work(workdir, monkeypatch, capsys):
@@ -503,6 +519,9 @@ def test_a_target_chooses_and_the_report_says_what_it_kept(workdir):
     assert result.returncode == 0, result.stderr
     assert "--target ethos-u, --method channels-last" in result.stdout and "1 kept for the target" in result.stdout
     assert "check PASSED" in result.stdout
+    # The file's one Conv is the model's own; its head is a Gemm re-laid, not a convolution: the table says so.
+    assert re.search(r"Conv +1\n", result.stdout) and "replace Linears" not in result.stdout
+    assert re.search(r"Gemm +2   <- 1 Linears re-laid, not made convolutions \(channels-last\)", result.stdout)
     report = json.loads((workdir / "e.json").read_text())
     assert report["target"] == "ethos-u" and [c["name"] for c in report["converted"]] == ["3"]
     assert "Ethos-U" in report["converted"][0]["why"]

@@ -474,3 +474,24 @@ def test_the_ethos_u_target_reads_a_flattened_map_channels_last_in_an_onnx_file_
     assert _ops(converted)[:3] == ["Transpose", "Flatten", "Gemm"]  # NCHW -> NHWC, which an NHWC compiler holds
     assert {i.name for i in converted.graph.initializer} <= {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
     assert_same(original, converted, (4, 3, 5))
+
+
+def test_every_product_that_reads_a_weight_is_counted_quantised_forms_too():
+    """``weight_products``: a Gemm on a QDQ file's dequantised int8 weight, QOperator's QGemm, a MatMul of a
+    transposed weight; not a MatMul of two activations."""
+    w8 = numpy_helper.from_array(RNG.integers(-8, 8, (4, 6)).astype(np.int8), "w8")
+    scale, zero = numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")
+    w = numpy_helper.from_array(RNG.standard_normal((4, 6)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w8", "s", "z"], ["w8f"]),
+        helper.make_node("Gemm", ["x", "w8f"], ["qdq"], transB=1),
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt"], ["mm"]),
+        helper.make_node("MatMul", ["qdq", "mm2"], ["act"]),
+        helper.make_node("QGemm", ["x8", "s", "z", "w8", "s", "z"], ["q"], domain="com.microsoft", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                           for n in ("x", "x8", "mm2")],  # fmt: skip
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("act", "mm", "q")],
+                              [w8, scale, zero, w])  # fmt: skip
+    assert weight_products(helper.make_model(graph)) == 3  # the QDQ Gemm, the MatMul and the QGemm
