@@ -490,8 +490,7 @@ def test_every_product_that_reads_a_weight_is_counted_quantised_forms_too():
         helper.make_node("MatMul", ["qdq", "mm2"], ["act"]),
         helper.make_node("QGemm", ["x8", "s", "z", "w8", "s", "z"], ["q"], domain="com.microsoft", transB=1),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                                           for n in ("x", "x8", "mm2")],  # fmt: skip
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("act", "mm", "q")],
-                              [w8, scale, zero, w])  # fmt: skip
+    inputs, outputs = ([helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names]
+                       for names in (("x", "x8", "mm2"), ("act", "mm", "q")))
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [w8, scale, zero, w])
     assert weight_products(helper.make_model(graph)) == 3  # the QDQ Gemm, the MatMul and the QGemm
