@@ -6,6 +6,7 @@
     python benchmarks/bench.py --tiny     # seconds: small stand-in models, to prove the script runs
     python benchmarks/bench.py --only scope   # scope="all" on vit_small and convnext_tiny vs peer layouts
     python benchmarks/bench.py --only onnx    # ONNX files in: convert_onnx on a VGG16 head file, float and QDQ
+    python benchmarks/bench.py --only verify  # convert with and without its self-check (benchmarks/self_check.py)
 
 OpenVINO (CPU, f32 precision, the ``openvino`` extra) is measured beside onnxruntime when installed.
 For each model, batch size and runtime, the original and each converted variant run interleaved (the
@@ -472,8 +473,9 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="whole models at batch 32, heads at 128, more rounds")
     parser.add_argument("--tiny", action="store_true", help="small stand-in models: proves the script runs")
     parser.add_argument(
-        "--only", choices=("models", "scope", "onnx", "dense", "memory", "targets"),
-        help="run one part (writes bench-PART.json; targets: the NPU compilers, benchmarks/targets.py)",
+        "--only", choices=("models", "scope", "onnx", "dense", "memory", "targets", "verify"),
+        help="run one part (writes bench-PART.json; targets: the NPU compilers, benchmarks/targets.py; verify: "
+        "convert with and without its self-check, benchmarks/self_check.py)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--replot", type=Path, metavar="BENCH.json", help="redraw the plot of a finished run beside it")
@@ -492,6 +494,12 @@ def main(argv=None) -> int:
 
         args.out.mkdir(parents=True, exist_ok=True)
         targets.run(args.out, args.tiny)
+        return 0
+    if args.only == "verify":  # convert's own time, with and without the self-check: benchmarks/self_check.py
+        import self_check
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        self_check.run(args.out, args.tiny)
         return 0
     batches = (1,) if args.tiny else (1, 8, 32)
     rounds = 3 if args.tiny else 9 if args.full else 5

@@ -155,5 +155,7 @@ def convert(
     result = captured.gm if captured.program is None else export_again(captured.gm, captured.program, inputs)
     if verify:
         report.verified = check_equal(model, result, inputs, batch_free=captured.fixed_batch is None, dense=dense)
+        if report.verified.compared:  # the buffers by the names the model gives them (torch.export may lift them)
+            report.state = sorted(report.verified.state)
     return ConvertResult(result, report)
 

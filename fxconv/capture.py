@@ -401,7 +401,9 @@ def _batch_dynamic(model: nn.Module, examples: Example) -> tuple | dict:
 
 
 def export_again(gm: fx.GraphModule, program: ExportedProgram, inputs: Example) -> ExportedProgram:
-    """The rewritten graph of an ExportedProgram as an ExportedProgram, dynamic where the original was."""
+    """The rewritten graph of an ExportedProgram as an ExportedProgram, dynamic where the original was, taking
+    its inputs in the original's form (by keyword where it took them so)."""
+    inputs = inputs.bound(gm)
     users = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
     leaves = graph_inputs(gm, inputs)  # the program's module: its placeholders are the user inputs' leaves
     free = {id(leaf): {d: Dim.AUTO for d, size in enumerate(n.meta["val"].shape) if not isinstance(size, int)}
@@ -508,7 +510,8 @@ def graph_inputs(gm: fx.GraphModule, inputs: Example) -> list:
     (keyword inputs by name, defaults where the example gives none)."""
     spec = getattr(gm, "_in_spec", None)
     if spec is not None:
-        return fx_pytree.tree_flatten_spec((list(inputs.args), inputs.kwargs), spec)
+        bound = inputs.bound(gm)  # in the form it was captured with: positional ids for a keyword input_ids
+        return fx_pytree.tree_flatten_spec((list(bound.args), bound.kwargs), spec)
     try:
         bound = inspect.signature(gm.forward).bind(*inputs.args, **inputs.kwargs)
     except TypeError as e:

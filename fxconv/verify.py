@@ -135,7 +135,7 @@ def _calls(module: nn.Module, example: Example, steps: int, *, stateless_once: b
     """``steps`` calls of ``module`` in a row, each under one seed: each one's outputs and the buffers it
     wrote (copies). ``stateless_once``: one call where the first writes no buffer. ``where``: errors are the
     converted module's (a VerificationError)."""
-    done = []
+    done, example = [], example.bound(module)  # a torch.export module takes its inputs in its captured form
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for _ in range(steps):
             torch.manual_seed(0)

@@ -66,3 +66,14 @@ def test_the_heatmap_example_learns_matches_the_crops_and_draws_the_same_picture
     assert outputs[0] == outputs[1]  # seeded: the same picture
     with Image.open(tmp_path / "a.png") as image:
         assert image.size == (1000, 360)
+
+
+def test_the_self_check_s_cost_is_measured_both_ways(tmp_path):
+    result = run("bench.py", "--only", "verify", "--tiny", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "bench-verify.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["resnet18 64x64", "vit 2 layers", "llama 2 layers"]
+    for row in rows:
+        assert row["verify_min_s"] <= row["verify_s"] <= row["verify_max_s"]
+        assert row["no_verify_min_s"] <= row["no_verify_s"] <= row["no_verify_max_s"]
+        assert row["ratio"] == row["verify_s"] / row["no_verify_s"] and row["rounds"] == 3

@@ -90,12 +90,27 @@ class RunningMean(nn.Module):
         return y - self.mean
 
 
+class ViewWrite(nn.Module):
+    """Writes through a view of its buffer (``acc[:, :2].mul_(...)``): the buffer is written all the same."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.register_buffer("acc", torch.zeros(2, 4, width))
+
+    def forward(self, x):  # (2, width)
+        window = self.acc[:, :2]
+        window.mul_(0.5).add_(self.fc(x).unsqueeze(1))
+        return self.fc(self.acc.sum(1))
+
+
 STATEFUL = [  # (module, example, the buffers it writes)
     (IndexCopyCache, (1, 1, 16), ["cache", "pos"]),
     (AssignedCache, (1, 1, 8), ["cache", "steps"]),
     (ScatteredCache, (2, 1, 8), ["cache"]),
     (Recurrent, (2, 8), ["state"]),
     (RunningMean, (2, 3, 8), ["count", "mean"]),
+    (ViewWrite, (2, 8), ["acc"]),
 ]
 
 
@@ -365,3 +380,29 @@ def test_check_onnx_leaves_the_reference_model_s_state_as_it_was(tmp_path):
     stateful = RunningMean().eval()
     fxconv.check_onnx(path, stateful, x)  # not this model's file: what matters is the model's state after
     assert int(stateful.count) == 0 and torch.count_nonzero(stateful.mean) == 0
+
+
+class Shared(nn.Module):
+    """One Linear called twice, and an output that is the input itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.fc(x))), x
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_gradients_reach_a_shared_parameter_as_before_and_an_input_passed_through_is_returned(capture):
+    torch.manual_seed(0)
+    model, x = Shared().eval(), torch.randn(2, 5, 8)
+    module, report = fxconv.convert(model, x, scope="all", capture=capture)
+    assert len(report.converted) == 2 and report.verified.batches == (2, 3)
+    (got, passed), (want, _) = module(x), model(x)
+    assert passed is x or torch.equal(passed, x)
+    got.square().sum().backward()
+    want.square().sum().backward()
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad)

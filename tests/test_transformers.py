@@ -202,3 +202,42 @@ def test_the_core_ml_target_carries_a_decoders_attention_split_per_head(name):
     with torch.no_grad():
         for batch in (ids, torch.randint(0, 64, (3, 7))):
             torch.testing.assert_close(module(batch), model(batch))
+
+
+def _static_cache_llama():
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=100, use_cache=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(use_cache=True, cache_implementation="static", max_length=16,
+                                               cache_config={"batch_size": 1, "max_cache_len": 16, "device": "cpu"})
+    return model
+
+
+@pytest.mark.slow
+def test_a_static_cache_decode_step_converts_and_keeps_decoding():
+    """Hugging Face's StaticCache decode step writes its caches with index_copy_: 15 Linears convert, and four
+    decode steps of the result equal the model's, caches and all."""
+    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+
+    step = TorchExportableModuleWithStaticCache(_static_cache_llama(), batch_size=1, max_cache_len=16)
+    module, report = fxconv.convert(step, (torch.tensor([[3]]), None, torch.tensor([0])), scope="all")
+    assert len(report.converted) == 15 and report.verified.calls == 3
+    assert {"key_cache_0", "value_cache_1"} <= set(report.state)
+    for position, token in enumerate([3, 14, 15, 92]):
+        ids, at = torch.tensor([[token]]), torch.tensor([position])
+        torch.testing.assert_close(module(ids, None, at), step(ids, None, at))
+
+
+@pytest.mark.slow
+def test_the_program_of_convert_and_export_with_cache_takes_a_positional_example():
+    from transformers.integrations.executorch import convert_and_export_with_cache
+
+    ids, at = torch.tensor([[3]]), torch.tensor([0])
+    program = convert_and_export_with_cache(_static_cache_llama(), ids, at)
+    converted, report = fxconv.convert(program, (ids, at), scope="all")  # input_ids, cache_position by position
+    assert len(report.converted) == 15 and report.verified.calls == 3
+    torch.testing.assert_close(converted.module()(input_ids=ids, cache_position=at),
+                               program.module()(input_ids=ids, cache_position=at))
