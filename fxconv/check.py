@@ -387,9 +387,12 @@ def _random_like(a: np.ndarray, batch: int, generator: np.random.Generator) -> n
 
 
 def _tensors(output, torch) -> list:
-    """The tensors of a model's output, in the order the exporter lays them out."""
+    """The tensors of a model's output, in the order the exporter lays them out (None and plain values, which
+    an ONNX file does not return, left out)."""
     if isinstance(output, torch.Tensor):
         return [output]
     if isinstance(output, dict):
         output = list(output.values())
+    if not isinstance(output, (list, tuple)):
+        return []
     return [t for item in output for t in _tensors(item, torch)]

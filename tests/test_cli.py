@@ -41,6 +41,16 @@ def double():
 def broken():
     raise RuntimeError("no weights here")
 
+def with_none():  # returns (logits, None): the ONNX file returns the logits alone
+    class WithNone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 16 * 16, 4)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)), None
+    return WithNone()
+
 def per_pixel():  # a Linear over the last axis of an image: nothing a head rewrite converts (not-2d)
     return nn.Sequential(nn.Conv2d(3, 2, 1), nn.Linear(16, 4))
 
@@ -175,6 +185,12 @@ def test_the_self_check_is_printed_and_no_verify_says_so_loudly(workdir):
     unchecked = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "--no-verify", "-o", "n.onnx", cwd=workdir)
     assert unchecked.returncode == 0 and "NOT VERIFIED: verify=False" in unchecked.stdout, unchecked.stderr
     assert "--no-verify" in fxconv_cli("convert", "--help", cwd=workdir).stdout
+
+
+def test_a_model_returning_none_beside_its_tensors_is_written_and_checked(workdir):
+    result = fxconv_cli("convert", "nets:with_none", "--input-shape", TINY, "-o", "m.onnx", cwd=workdir)
+    assert result.returncode == 0 and "check PASSED" in result.stdout, result.stderr
+    assert [o.name for o in fxconv.load_onnx(workdir / "m.onnx").graph.output] == ["output"]
 
 
 def test_a_runtime_that_is_not_installed_is_refused_before_any_work(workdir, monkeypatch, capsys):
