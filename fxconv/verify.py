@@ -7,7 +7,8 @@
     converted ─┴─ the same, from the same state ─── outputs, state ─┘    (else VerificationError)
 
 What is compared. The example, and — where the batch is free (the graph is not fixed to one batch and
-the model runs at another) — fresh random inputs at the example's batch + 1: floats uniform in the
+the model runs at another) — fresh random inputs at another batch: one row fewer (batch 1, where users
+deploy, for a batch-2 example; the cheaper run), or 2 for a batch-1 example. Floats are uniform in the
 example's range, integers in it too (token ids stay below the vocabulary); booleans and floats holding
 -inf (masks) are the example's rows.
 A forward that writes state (a KV cache, running statistics, a step counter: the buffers whose version a
@@ -48,7 +49,7 @@ def verify(model, converted, inputs: Example, *, batch_free: bool = True, dense:
     reference, candidate = (m.module() if isinstance(m, ExportedProgram) else m for m in (model, converted))
     runs = [inputs]
     if batch_free and inputs.batch is not None:
-        runs.append(_fresh(inputs, inputs.batch + 1))
+        runs.append(_fresh(inputs, inputs.batch - 1 if inputs.batch > 1 else 2))
     try:
         return _compare_runs(reference, candidate, runs, dense)
     except VerificationError as e:
@@ -156,7 +157,7 @@ def _draws_random(module: nn.Module, example: Example) -> bool:
     """Whether a call of ``module`` moves the random generator (dropout in training mode, torch.rand)."""
     with buffers_kept(module), torch.no_grad(), torch.random.fork_rng(devices=[]):
         before = torch.get_rng_state()
-        example.call(module)
+        example.bound(module).call(module)
         return not torch.equal(before, torch.get_rng_state())
 
 
