@@ -29,6 +29,8 @@ through the fx front end, ``fxconv.fx``; the ops it carries are ``fxconv.carry``
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import warnings
 from typing import NamedTuple
 
@@ -135,10 +137,19 @@ def convert(
     if approximate and not dense:
         raise InvalidArgumentError("approximate=True is a dense-mode option: pass dense=True too")
     inputs = Example.of(example_inputs)
-    captured = capture_graph(model, inputs, capture, inplace=inplace)
+    given = _Given(model, inplace)
+    with given.put_back_on_failure():
+        return _convert(given, inputs, profile, chosen, slower, capture=capture, dense=dense, approximate=approximate,
+                        strict=strict, verify=verify)
+
+
+def _convert(given, inputs, profile, chosen, slower, *, capture, dense, approximate, strict, verify) -> ConvertResult:
+    """convert's pipeline: capture, the rewrite, dense mode, the self-check."""
+    method, scope, layout = chosen["method"], chosen["scope"], chosen["layout"]
+    captured = capture_graph(given.model, inputs, capture, inplace=given.inplace)
     for warning in slower:
-        warnings.warn(warning, FxconvWarning, stacklevel=2)
-    report = Report(method, scope, layout, dense, captured.how, captured.note, target, captured.fixed_batch,
+        warnings.warn(warning, FxconvWarning, stacklevel=3)
+    report = Report(method, scope, layout, dense, captured.how, captured.note, profile.name, captured.fixed_batch,
                     state=sorted(written_state(captured.gm)))
     report.skipped += [
         skip(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
@@ -154,8 +165,33 @@ def convert(
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
     result = captured.gm if captured.program is None else export_again(captured.gm, captured.program, inputs)
     if verify:
-        report.verified = check_equal(model, result, inputs, batch_free=captured.fixed_batch is None, dense=dense)
+        report.verified = check_equal(given.reference, result, inputs, batch_free=captured.fixed_batch is None,
+                                      dense=dense)
         if report.verified.compared:  # the buffers by the names the model gives them (torch.export may lift them)
             report.state = sorted(report.verified.state)
     return ConvertResult(result, report)
 
+
+
+class _Given:
+    """The model as given, what the result is compared with, and — for a GraphModule rewritten in place — its
+    graph as it was, put back if the conversion fails: nothing is left half-done."""
+
+    def __init__(self, model, inplace: bool):
+        self.model, self.inplace, self.reference = model, inplace, model
+        if inplace and isinstance(model, fx.GraphModule):  # the result is the model itself: compare with its copy
+            self.reference = fx.GraphModule(model, copy.deepcopy(model.graph), type(model).__name__)
+            self.attributes = set(vars(model)) | set(model._buffers)
+
+    @contextlib.contextmanager
+    def put_back_on_failure(self):
+        try:
+            yield
+        except BaseException:
+            if self.reference is not self.model:
+                for name in (set(vars(self.model)) | set(self.model._buffers)) - self.attributes:
+                    if name.startswith("_fxconv_"):  # constants the rewrite registered
+                        delattr(self.model, name)
+                self.model.graph = self.reference.graph
+                self.model.recompile()
+            raise

@@ -406,3 +406,18 @@ def test_gradients_reach_a_shared_parameter_as_before_and_an_input_passed_throug
     grads = {name: p.grad for name, p in module.named_parameters()}
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad)
+
+
+def test_a_graph_module_converted_in_place_is_compared_with_itself_as_it_was_and_put_back_on_failure(monkeypatch):
+    from fxconv.fx.emit import FxBuilder
+
+    gm = torch.fx.symbolic_trace(Head().eval())
+    code, x = gm.code, torch.randn(2, 3, 6, 6)
+    conv = FxBuilder.conv
+    monkeypatch.setattr(FxBuilder, "conv", lambda self, *a: self.binary("mul", conv(self, *a), 1.01))
+    with pytest.raises(VerificationError, match="output at batch 2: the converted module differs"):
+        fxconv.convert(gm, x, inplace=True)
+    assert gm.code == code and not [n for n in vars(gm) if n.startswith("_fxconv")]  # nothing half-done
+    monkeypatch.undo()
+    module, report = fxconv.convert(gm, x, inplace=True)
+    assert module is gm and gm.code != code and report.verified.batches == (2, 1)
