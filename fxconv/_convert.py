@@ -127,10 +127,9 @@ def convert(
     ``verify=False`` skips it (a model too large to run twice); the report then says "NOT VERIFIED".
     """
     profile, chosen, slower = resolve(target, method, scope, layout, dense)
-    method, scope, layout = chosen["method"], chosen["scope"], chosen["layout"]
-    if dense and method != "kernel":
+    if dense and chosen["method"] != "kernel":
         raise InvalidArgumentError("dense=True needs method='kernel': a 1x1 head reads a reshaped vector")
-    if dense and layout != "batched":
+    if dense and chosen["layout"] != "batched":
         raise InvalidArgumentError(
             "dense=True needs layout='batched': the windows of one image already fill the spatial axes"
         )
@@ -170,7 +169,6 @@ def _convert(given, inputs, profile, chosen, slower, *, capture, dense, approxim
         if report.verified.compared:  # the buffers by the names the model gives them (torch.export may lift them)
             report.state = sorted(report.verified.state)
     return ConvertResult(result, report)
-
 
 
 class _Given:
