@@ -494,3 +494,19 @@ def test_every_product_that_reads_a_weight_is_counted_quantised_forms_too():
                        for names in (("x", "x8", "mm2"), ("act", "mm", "q")))
     graph = helper.make_graph(nodes, "g", inputs, outputs, [w8, scale, zero, w])
     assert weight_products(helper.make_model(graph)) == 3  # the QDQ Gemm, the MatMul and the QGemm
+
+
+def test_convert_onnx_verifies_its_file_and_a_wrong_rewrite_is_caught(tmp_path, monkeypatch):
+    from fxconv.onnx.emit import OnnxBuilder
+
+    torch.manual_seed(0)
+    _export(_models()["vgg_head"](), tmp_path / "model.onnx", True)
+    converted, report = fxconv.convert_onnx(tmp_path / "model.onnx")
+    assert report.verified.compared and report.verified.batches == (1, 3) and report.verified.max_abs_diff < 1e-4
+    assert str(report).splitlines()[-1].startswith("  verified: batches 1 and 3, max abs diff")
+    _, unverified = fxconv.convert_onnx(tmp_path / "model.onnx", verify=False)
+    assert unverified.verified is None and "NOT VERIFIED" in str(unverified)
+    conv = OnnxBuilder.conv
+    monkeypatch.setattr(OnnxBuilder, "conv", lambda self, *a: self.binary("mul", conv(self, *a), 1.01))
+    with pytest.raises(fxconv.VerificationError, match="the converted file differs from the original in onnxruntime"):
+        fxconv.convert_onnx(tmp_path / "model.onnx")
