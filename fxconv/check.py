@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from torch.export import ExportedProgram
 
 __all__ = ["OnnxCheck", "Session", "check_onnx", "load_onnx", "op_census", "open_session", "runtime_refusal",
-           "tolerance"]
+           "save_proto", "tolerance"]
 
 _TOLERANCES = {"float16": (1e-2, 1e-3), "bfloat16": (5e-2, 1e-2)}  # (rtol, atol); else float32's
 RTOL, ATOL = 1e-4, 1e-5
@@ -100,6 +100,13 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as e:
         raise OnnxError(f"{path} is not a valid ONNX model: {first_line(e)}") from e
     return model
+
+
+def save_proto(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Save a ModelProto as one file, or — where one file would pass protobuf's 2 GB, less room for the graph —
+    with its weights beside it in ``<name>.data``."""
+    large = model.ByteSize() >= 2**31 - 2**20
+    onnx.save(model, path, format="protobuf", save_as_external_data=large, location=f"{Path(path).name}.data")
 
 
 def op_census(model: onnx.ModelProto) -> dict[str, int]:
@@ -273,7 +280,7 @@ def _reference(
     if isinstance(reference, onnx.ModelProto):
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="fxconv-reference-"))
         model, reference = reference, Path(folder) / "reference.onnx"
-        onnx.save(model, reference, save_as_external_data=model.ByteSize() >= 2**31 - 2**20)
+        save_proto(model, reference)
     elif isinstance(reference, (str, os.PathLike)):
         model = load_onnx(reference)
     else:

@@ -281,14 +281,14 @@ def _from_onnx(args: argparse.Namespace, timings: _Timings) -> _Source:
     """Convert an ONNX file (never modified; ``write`` saves the result)."""
     import onnx
 
-    from .check import declared_inputs, load_onnx
+    from .check import declared_inputs, load_onnx, save_proto
     from .onnx.convert import convert_onnx
 
     with _step("loading the ONNX file", "load", timings):
         original = load_onnx(args.model)
     with _step("converting", "convert", timings):
         converted, report = convert_onnx(
-            original, args.method, scope=args.scope, layout=args.layout, target=args.target
+            original, args.method, scope=args.scope, layout=args.layout, target=args.target, verify=not args.no_verify
         )
     shape = list(_parse_shape(args.input_shape)) if args.input_shape else None
     example = None
@@ -299,8 +299,7 @@ def _from_onnx(args: argparse.Namespace, timings: _Timings) -> _Source:
         example = np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(declared))
 
     def write(path: Path) -> None:
-        large = converted.ByteSize() >= 2**31 - 2**20  # protobuf's limit, less room for the graph
-        onnx.save(converted, path, format="protobuf", save_as_external_data=large, location=f"{path.name}.data")
+        save_proto(converted, path)
 
     reference_name = f"the original {args.model}"
     writing = ("writing the converted ONNX file", "write")

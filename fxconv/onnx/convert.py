@@ -98,11 +98,11 @@ def convert_onnx(
 def _verified(converted: onnx.ModelProto, original: onnx.ModelProto) -> Verification:
     """The converted file run beside the original in onnxruntime (``check_onnx``); a VerificationError where
     they differ."""
-    from ..check import check_onnx
+    from ..check import check_onnx, save_proto
 
     with tempfile.TemporaryDirectory(prefix="fxconv-verify-") as folder:
         path = Path(folder) / "converted.onnx"
-        onnx.save(converted, path, save_as_external_data=converted.ByteSize() >= 2**31 - 2**20)
+        save_proto(converted, path)
         try:
             check = check_onnx(path, original)
         except InvalidArgumentError as e:  # free dims beyond the batch: no inputs can be drawn without an example
