@@ -23,7 +23,7 @@ from ..engine import Linear
 from ..report import Skipped
 from .linears import read_linear
 from .nodes import arg, first_input, key, op_name, shape_of
-from .state import written_state
+from .state import writes, written_state
 
 _PREFIXES = {"F": F, "torch": torch, "nn": nn, "operator": operator, "builtins": builtins}
 
@@ -120,10 +120,7 @@ class FxView:
         return self.is_constant(value) and shape is not None and all(s == 1 for s in shape)
 
     def writes_input(self, op: Node) -> bool:
-        if op.op == "call_module":
-            return bool(getattr(self.modules[op.target], "inplace", False))
-        name = op_name(op)
-        return bool(op.kwargs.get("inplace", False)) or (name.endswith("_") and not name.startswith("__"))
+        return writes(op) is not None
 
     def expanded(self, value) -> tuple[Node, tuple] | None:
         """``(x, sizes)`` for a value made by ``x.expand(*sizes)`` of a tensor of the same rank; else None."""
