@@ -42,6 +42,7 @@ from torch.fx import _pytree as fx_pytree
 from torch.fx.experimental.symbolic_shapes import is_concrete_int
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_leaves
+from torch.utils._sympy.numbers import int_oo
 
 from ._util import PLAIN, Example, batch_of_two, buffers_kept, eval_mode
 from .errors import ExampleInputError, FxconvError, InvalidArgumentError, TraceError, first_line
@@ -339,6 +340,11 @@ def _export(model: nn.Module, inputs: Example, static: bool = False) -> tuple[Ex
                 specialised, guards = fixed_batch(program), _batch_guards(program)
                 if specialised is None and not guards:
                     return program, ""
+                if specialised is None and _within(guards, inputs.batch):
+                    # A branch on the batch's size (diffusers' ``if x.shape[0] >= 64``): the graph holds for a
+                    # range of batches, the user's among them, and its module checks the range at every call.
+                    return program, (f"batch free for {batch_range(program)} ({' and '.join(guards)}): "
+                                     "the module raises outside it")
                 # The batch was specialised (a branch on it, a reshape by it), or the graph holds for some
                 # batches only: capture again at the user's own batch (a doubled example is one they never
                 # gave; a specialised graph of their own batch is kept).
@@ -370,6 +376,28 @@ def _batch_guards(program: ExportedProgram) -> list[str]:
         if len(batches) == 1:
             guards.append(re.sub(r"L\['(\w+)'\]", r"\1", code))
     return guards
+
+
+def batch_range(program: ExportedProgram) -> str | None:
+    """The batches a dynamic program holds for where they are bounded (``"1 <= batch <= 63"``), else None."""
+    values = [n.meta.get("val") for n in program.graph.nodes
+              if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]  # fmt: skip
+    symbols = {v.shape[0].node.expr for v in values
+               if isinstance(v, torch.Tensor) and v.dim() and isinstance(v.shape[0], torch.SymInt)}  # fmt: skip
+    ranges = [program.range_constraints[s] for s in symbols if s in program.range_constraints]
+    upper = min((int(r.upper) for r in ranges if r.upper != int_oo), default=None)
+    lower = max([int(r.lower) for r in ranges if int(r.lower) > 2], default=1)  # 0 and 1: export's own floor
+    return None if upper is None and lower == 1 else f"{lower} <= batch" + (f" <= {upper}" if upper else "")
+
+
+_BOUND = re.compile(r"\S+\.size\(\)\[0\] (<|<=|>|>=) (\d+)")
+
+
+def _within(guards: list[str], batch: int | None) -> bool:
+    """Whether every guard bounds the batch (``x.size()[0] < 64``) and ``batch`` lies within all of them."""
+    compare = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+    bounds = [_BOUND.fullmatch(g) for g in guards]
+    return batch is not None and all(b and compare[b[1]](batch, int(b[2])) for b in bounds)
 
 
 def _guards_read_var_keywords(program: ExportedProgram, model: nn.Module) -> bool:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from .errors import InvalidArgumentError, OnnxError, first_line
@@ -44,6 +45,10 @@ __all__ = ["OnnxCheck", "Session", "check_onnx", "load_onnx", "op_census", "open
 
 _TOLERANCES = {"float16": (1e-2, 1e-3), "bfloat16": (5e-2, 1e-2)}  # (rtol, atol); else float32's
 RTOL, ATOL = 1e-4, 1e-5
+# The metadata key of the batches a file's graph holds for, where they are bounded ("1 <= batch <= 63":
+# a branch on the batch in the model): an ONNX dim has no range, and the check stays inside it.
+BATCH_RANGE = "fxconv.batch_range"
+PROTOBUF_LIMIT = 2**31 - 2**20  # bytes of weights that would take a one-file model past protobuf's 2 GB (less room)
 
 
 def tolerance(dtype) -> tuple[float, float]:
@@ -80,8 +85,10 @@ class OnnxCheck:
         )
 
 
-def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load and fully check an ONNX file; an OnnxError says what is wrong with it."""
+def load_onnx(path: str | os.PathLike, *, weights: bool = True) -> onnx.ModelProto:
+    """Load and fully check an ONNX file; an OnnxError says what is wrong with it. ``weights=False`` leaves
+    weights kept in a ``.data`` file beside it there (the graph, its dtypes and shapes are read; the bytes
+    of a large model are not held twice)."""
     path = Path(path)
     if not path.is_file():
         raise OnnxError(f"no ONNX file at {path}")
@@ -95,18 +102,63 @@ def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxError(f"{path} keeps its weights in {', '.join(missing)}, which is not beside it (in "
                         f"{path.resolve().parent}): copy the file's .data with it")
     try:
-        onnx.load_external_data_for_model(model, str(path.parent))
-        onnx.checker.check_model(model, full_check=True)
+        # Checked by path: the checker reads the weights from disk itself, where a proto holding them all could
+        # not be handed to it past protobuf's 2 GB ("Failed to serialize proto").
+        onnx.checker.check_model(str(path), full_check=True)
+        if weights:
+            onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as e:
         raise OnnxError(f"{path} is not a valid ONNX model: {first_line(e)}") from e
     return model
 
 
-def save_proto(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Save a ModelProto as one file, or — where one file would pass protobuf's 2 GB, less room for the graph —
-    with its weights beside it in ``<name>.data``."""
-    large = model.ByteSize() >= 2**31 - 2**20
-    onnx.save(model, path, format="protobuf", save_as_external_data=large, location=f"{Path(path).name}.data")
+def _weights_beside(model: onnx.ModelProto) -> bool:
+    """Whether the file's weights are kept in a ``.data`` file beside it (external data)."""
+    return any(uses_external_data(t) for t in model.graph.initializer)
+
+
+def save_proto(model: onnx.ModelProto | ir.Model, path: str | os.PathLike) -> None:
+    """Save a model as one file, or — where its weights would take one file past protobuf's 2 GB — with them
+    beside it in ``<name>.data``. ``model`` is left as it was (onnx.save's ``save_as_external_data`` moves
+    the weights out of the proto it is given; onnx_ir writes them from where they are)."""
+    model = model if isinstance(model, ir.Model) else ir.from_proto(model)  # the tensors are not copied
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    external = f"{Path(path).name}.data" if weights >= PROTOBUF_LIMIT else None
+    ir.save(model, path, format="protobuf", external_data=external)
+
+
+def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A new ModelProto of ``model`` with each float initializer's bytes left out (its name, type and dims
+    kept, said to be external data, which shape inference never loads), but for the smallest. Made without
+    copying the weights, and without serialising a proto protobuf cannot past 2 GB. Integer tensors stay:
+    inference reads their values (a shape, Swin's table of relative positions that a Gather indexes)."""
+    outline = onnx.ModelProto()
+    _copy_fields(model, outline, but="graph")
+    _copy_fields(model.graph, outline.graph, but="initializer")
+    for tensor in model.graph.initializer:
+        if tensor.ByteSize() < 2**10 or tensor.data_type not in _FLOATS:
+            outline.graph.initializer.append(tensor)
+        else:
+            stub = outline.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            stub.external_data.add(key="location", value="left-out")
+    return outline
+
+
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def _copy_fields(source, into, but: str) -> None:
+    """Copy every set field of a protobuf message but one (which is not copied at all)."""
+    for descriptor, value in source.ListFields():
+        if descriptor.name == but:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(into, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(into, descriptor.name).CopyFrom(value)
+        else:
+            setattr(into, descriptor.name, value)
 
 
 def op_census(model: onnx.ModelProto) -> dict[str, int]:
@@ -143,12 +195,20 @@ def weight_products(model: onnx.ModelProto) -> int:
     return count
 
 
-def open_session(path: str | os.PathLike, runtime: str = "onnxruntime", *, threads: int | None = None) -> Session:
-    """Open an ONNX file on the CPU of ``runtime`` ("onnxruntime" or "openvino", computing in f32)."""
+def open_session(
+    path: str | os.PathLike, runtime: str = "onnxruntime", *, threads: int | None = None, lean: bool = False
+) -> Session:
+    """Open an ONNX file on the CPU of ``runtime`` ("onnxruntime" or "openvino", computing in f32).
+
+    ``lean`` (onnxruntime): without the layout pass of its highest optimisation level, which copies every
+    convolution weight into a blocked layout (NCHWc) and so holds a large model's weights twice; the check
+    opens a file that keeps its weights beside it (over 2 GB) so, and its weights stay memory-mapped."""
     if runtime not in RUNTIMES:
         raise InvalidArgumentError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     try:
-        return (_onnxruntime if runtime == "onnxruntime" else _openvino)(str(path), threads)
+        if runtime == "openvino":
+            return _openvino(str(path), threads)
+        return _onnxruntime(str(path), threads, lean)
     except ImportError as e:
         raise InvalidArgumentError(f"{runtime} is not installed: pip install 'fxconv[{runtime}]'") from e
     except Exception as e:
@@ -172,10 +232,12 @@ def _file_dtypes(model: onnx.ModelProto) -> set[str]:
     return {str(onnx.helper.tensor_dtype_to_np_dtype(t)) for t in types if t}
 
 
-def _onnxruntime(path: str, threads: int | None) -> Session:
+def _onnxruntime(path: str, threads: int | None, lean: bool) -> Session:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if lean:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -282,12 +344,12 @@ def _reference(
         model, reference = reference, Path(folder) / "reference.onnx"
         save_proto(model, reference)
     elif isinstance(reference, (str, os.PathLike)):
-        model = load_onnx(reference)
+        model = load_onnx(reference, weights=False)
     else:
         raise InvalidArgumentError(
             f"reference must be an nn.Module, an ExportedProgram or an ONNX file, not {type(reference).__name__}"
         )
-    session = open_session(reference, runtime)
+    session = open_session(reference, runtime, lean=_weights_beside(model))
     return (lambda inputs: session.run(list(inputs))), model
 
 
@@ -337,19 +399,26 @@ def _declared_example(model: onnx.ModelProto) -> tuple[np.ndarray, ...]:
     return tuple(arrays)
 
 
+def _larger(model: onnx.ModelProto, batch: int) -> int:
+    """A batch larger than the example's (and than 1), within the file's batch range if it has one."""
+    bounds = {p.key: p.value for p in model.metadata_props}.get(BATCH_RANGE, "")
+    upper = bounds.rpartition("<= ")[2]
+    return min(max(batch, 2) + 1, int(upper)) if upper.isdigit() else max(batch, 2) + 1
+
+
 def _compare(path, run_reference: Run, example, runtime, batch_sizes, rtol, atol, seed) -> OnnxCheck:
     floats = [a.dtype for a in example if np.issubdtype(a.dtype, np.floating)]
     default_rtol, default_atol = max((tolerance(d) for d in floats), default=(RTOL, ATOL))
     rtol, atol = default_rtol if rtol is None else rtol, default_atol if atol is None else atol
-    model = load_onnx(path)
+    model = load_onnx(path, weights=False)
     ops = op_census(model)
     refusal = runtime_refusal(_file_dtypes(model), runtime) if "Conv" in ops else None
     if refusal:
         raise OnnxError(f"{path}: {refusal}")
-    session = open_session(path, runtime)
+    session = open_session(path, runtime, lean=_weights_beside(model))
     _check_interface(session, example, path)
     static = session.inputs[0][1][0]
-    sizes = batch_sizes or ((static,) if isinstance(static, int) else (1, max(example[0].shape[0], 2) + 1))
+    sizes = batch_sizes or ((static,) if isinstance(static, int) else (1, _larger(model, example[0].shape[0])))
     generator = np.random.default_rng(seed)
     max_abs = max_rel = 0.0
     passed = True

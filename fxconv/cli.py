@@ -195,7 +195,7 @@ def _convert(args: argparse.Namespace, started: float) -> int:
         staged = Path(staging) / args.output.name
         with _step(*source.writing, timings):
             source.write(staged)
-        written_model = load_onnx(staged)
+        written_model = load_onnx(staged, weights=False)
         ops, products = op_census(written_model), weight_products(written_model)
         print(_census_table(written_model, report, ops, products))
         check = None
@@ -526,7 +526,7 @@ def _write_json(path: Path, document: dict) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     from .check import declared_inputs, load_onnx, op_census
 
-    model = load_onnx(args.file)
+    model = load_onnx(args.file, weights=False)
     graph = model.graph
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     print(f"{args.file}: opsets {opsets}")

@@ -33,7 +33,8 @@ from torch.export import ExportedProgram
 from ._opset import lower_opset
 from ._tidy import tidy
 from ._util import Example, batch_of_two, buffers_kept, call_noting_writes, eval_mode, quiet
-from .capture import fixed_batch
+from .capture import batch_range, fixed_batch
+from .check import BATCH_RANGE, save_proto
 from .errors import InvalidArgumentError, OnnxError, first_line
 from .options import OLDEST_OPSET
 
@@ -41,7 +42,6 @@ __all__ = ["OPSETS", "export_onnx"]
 
 log = logging.getLogger(__name__)
 
-_PROTOBUF_LIMIT = 2 * 1024**3  # one-file ONNX models must stay under protobuf's 2 GB
 _EXPORTER_OPSET = 18  # the lowest opset torch.onnx's exporter writes itself
 OPSETS = range(OLDEST_OPSET, onnx.defs.onnx_opset_version() + 1)
 
@@ -114,13 +114,14 @@ def export_onnx(
     except Exception as e:
         raise OnnxError(f"torch.onnx.export failed for {type(module).__name__}: {first_line(e)}") from e
     model = tidy(program.model)
+    bounds = batch_range(program.exported_program) if program.exported_program is not None else None
+    if bounds:  # an ONNX dim has no range: the file says where its graph holds (diffusers' batch < 64)
+        model.metadata_props[BATCH_RANGE] = bounds
     _name_values(model.graph, model.graph.inputs, input_names, "input")
     _name_values(model.graph, model.graph.outputs, output_names, "output")
     if opset is not None and opset < _EXPORTER_OPSET:
         lower_opset(model, opset)
-    tensors = module.state_dict.values() if exported else module.parameters()
-    external = sum(p.numel() * p.element_size() for p in tensors) >= _PROTOBUF_LIMIT
-    _write_atomically(model, path, external)
+    _write_atomically(model, path)
     log.debug("fxconv: wrote %s", path)
     return path
 
@@ -176,7 +177,7 @@ def _dynamic_dims(t: torch.Tensor, batch: bool, spatial: bool) -> dict[int, str]
     return dims or None
 
 
-def _write_atomically(model: ir.Model, path: Path, external: bool) -> None:
+def _write_atomically(model: ir.Model, path: Path) -> None:
     """Save ``model`` under its final name in a temporary folder beside ``path``, then move it there.
 
     The folder (and whatever a failed save left in it) is removed in every case. With external data
@@ -185,8 +186,8 @@ def _write_atomically(model: ir.Model, path: Path, external: bool) -> None:
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as folder:
         staged = Path(folder) / path.name
         try:
-            ir.save(model, staged, format="protobuf", external_data=f"{path.name}.data" if external else None)
-            if external:
+            save_proto(model, staged)
+            if Path(f"{staged}.data").exists():
                 os.replace(f"{staged}.data", f"{path}.data")
             os.replace(staged, path)
         except Exception as e:

@@ -119,6 +119,37 @@ def test_a_batch_torch_export_specialises_or_excludes_is_captured_at_the_batch_g
     torch.testing.assert_close(converted(x), model(x))
 
 
+class BoundedBatch(nn.Module):
+    """diffusers' Upsample2D: ``if x.shape[0] >= 64: x = x.contiguous()`` — a graph that holds below 64 rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        if x.shape[0] >= 64:
+            x = x * 2  # a branch of another meaning: the graph captured below 64 must never run here
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("batch", [1, 5, 63])
+def test_a_batch_bounded_by_a_branch_stays_free_within_the_bound_and_is_checked_outside(batch, tmp_path):
+    model, x = BoundedBatch().eval(), torch.randn(batch, 2, 4)
+    converted, report = fxconv.convert(model, x)  # auto: symbolic_trace cannot branch, torch.export bounds it
+    assert report.fixed_batch is None and "batch free for 1 <= batch <= 63" in report.capture_note
+    assert report.verified.batches == (batch, batch - 1 if batch > 1 else 2)
+    for rows in (1, 7, 63):
+        y = torch.randn(rows, 2, 4)
+        torch.testing.assert_close(converted(y), model(y))
+    with pytest.raises(AssertionError, match="Guard failed"):  # torch's own check, never the wrong branch
+        converted(torch.randn(64, 2, 4))
+    path = fxconv.export_onnx(converted, x, tmp_path / "b.onnx")  # an ONNX dim has no range: the file says it
+    onnx_model = fxconv.load_onnx(path)
+    assert onnx_model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert {p.key: p.value for p in onnx_model.metadata_props}["fxconv.batch_range"] == "1 <= batch <= 63"
+    assert fxconv.check_onnx(path, model, x).passed
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_a_static_capture_is_asked_for_and_said(batch, tmp_path):
     model, x = Interleaved().eval(), torch.randn(batch, 4, 8)

@@ -77,3 +77,14 @@ def test_the_self_check_s_cost_is_measured_both_ways(tmp_path):
         assert row["verify_min_s"] <= row["verify_s"] <= row["verify_max_s"]
         assert row["no_verify_min_s"] <= row["no_verify_s"] <= row["no_verify_max_s"]
         assert row["ratio"] == row["verify_s"] / row["no_verify_s"] and row["rounds"] == 3
+
+
+def test_a_large_file_s_steps_are_timed_and_their_peak_memory_measured(tmp_path):
+    result = run("large_file.py", "--width", "256", "--features", "256", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "bench-large-file.json").read_text())["rows"]
+    assert [r["steps"] for r in rows] == ["convert, export_onnx, check_onnx", "convert_onnx of the file"]
+    assert rows[0]["weights_gib"] * 2**30 == (256 * 256 + 256) * 2 * 4  # two Linears' float32 weights and biases
+    for row in rows:
+        assert row["peak_x_weights"] == row["peak_gib"] / row["weights_gib"] and row["peak_gib"] > 0
+        assert all(row[k] > 0 for k in row if k.endswith("_s"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import onnx
 import pytest
 import torch
 import torchvision
@@ -194,9 +195,54 @@ def test_a_failed_export_leaves_the_existing_file_untouched(exported):
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.onnx"]
 
 
+@pytest.mark.slow
+def test_a_model_over_2gb_is_converted_exported_and_checked_end_to_end(tmp_path):
+    """2.16 GB of float32 weights in two Linears (each under 2 GB, as every layer of a 1B decoder is): the file
+    keeps them in m.onnx.data, and load_onnx and check_onnx read it by path, never as one proto over 2 GB
+    (which protobuf cannot serialise: "Failed to serialize proto")."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16384, 16500), nn.ReLU(), nn.Linear(16500, 16384)).eval()
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    converted, report = fxconv.convert(model, x, scope="all", inplace=True)  # inplace: one copy of 2 GB
+    assert len(report.converted) == 2 and report.verified.batches == (1, 2)
+    path = fxconv.export_onnx(converted, x, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert (tmp_path / "m.onnx.data").stat().st_size > 2**31 > path.stat().st_size
+    ops = fxconv.op_census(fxconv.load_onnx(path, weights=False))
+    assert ops["Conv"] == 2 and not {"Gemm", "MatMul"} & set(ops), ops
+    check = fxconv.check_onnx(path, converted, x)
+    assert check.passed and check.batch_sizes == (1, 3), check
+    torch.testing.assert_close(converted(x), want)  # the reference the check ran is the model's function
+
+
+def test_a_file_with_its_weights_beside_it_checks_as_its_one_file_twin(tmp_path, monkeypatch):
+    """The paths a large model takes (weights in a .data file, the check's lean session, shape inference on
+    the graph without its weights, save_proto through onnx_ir), proven on a small model: the same numbers."""
+    model = Head().eval()
+    one = fxconv.export_onnx(model, model.example(), tmp_path / "one.onnx")
+    monkeypatch.setattr("fxconv.check.PROTOBUF_LIMIT", 0)
+    proto = fxconv.load_onnx(one)
+    size = proto.ByteSize()
+    fxconv.check.save_proto(proto, tmp_path / "beside.onnx")
+    assert proto.ByteSize() == size  # the weights were written out of the proto, not moved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["beside.onnx", "beside.onnx.data", "one.onnx"]
+    lean = fxconv.load_onnx(tmp_path / "beside.onnx", weights=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in lean.graph.initializer)
+    assert fxconv.load_onnx(tmp_path / "beside.onnx").ByteSize() >= size  # weights=True: the bytes are read in
+    check = fxconv.check_onnx(tmp_path / "beside.onnx", one)
+    assert check.passed and check.max_abs_diff < 1e-6
+    assert fxconv.check_onnx(tmp_path / "beside.onnx", model, model.example()).passed
+    weight = max(proto.graph.initializer, key=lambda t: t.ByteSize())
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) + 1, weight.name))
+    fxconv.check.save_proto(proto, tmp_path / "wrong.onnx")
+    assert not fxconv.check_onnx(tmp_path / "wrong.onnx", one).passed  # the lean path compares for real
+
+
 def test_models_over_2gb_keep_their_weights_beside_the_file(tmp_path, monkeypatch):
     """Above protobuf's 2 GB the weights go to <file>.data; a limit of 0 takes that path on a small model."""
-    monkeypatch.setattr("fxconv.export._PROTOBUF_LIMIT", 0)
+    monkeypatch.setattr("fxconv.check.PROTOBUF_LIMIT", 0)
     model = Head().eval()
     path = fxconv.export_onnx(model, model.example(), tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]

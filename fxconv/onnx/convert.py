@@ -35,7 +35,7 @@ from ..errors import FxconvWarning, InvalidArgumentError, NotConvertibleError, V
 from ..report import Report, Verification
 from ..targets import resolve
 from .emit import OnnxBuilder
-from .read import OnnxView, inferred_shapes
+from .read import OnnxView, inferred_shapes, inferred_value_info
 
 __all__ = ["convert_onnx"]
 
@@ -86,16 +86,20 @@ def convert_onnx(
     Rewrite(view, builder, method, layout, scope, report, **choices).run()
     if strict and report.skipped:
         raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
-    if report.converted and all(v.shape is not None and v.shape.is_static() for v in graph_model.graph.inputs):
-        graph_model = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(graph_model), data_prop=True))
-        _tidy.simplify_moves(graph_model)
     result = ir.to_proto(graph_model)
-    if verify:
-        report.verified = _verified(result, proto)
+    if report.converted and all(v.shape is not None and v.shape.is_static() for v in graph_model.graph.inputs):
+        inferred = inferred_value_info(result)  # those the graph had among them
+        del result.graph.value_info[:]
+        result.graph.value_info.extend(inferred)
+        graph_model = ir.from_proto(result)
+        _tidy.simplify_moves(graph_model)
+        result = ir.to_proto(graph_model)
+    if verify:  # against the user's file where there is one: a proto would be written out again to be run
+        report.verified = _verified(result, model if isinstance(model, onnx.ModelProto) else Path(model))
     return result, report
 
 
-def _verified(converted: onnx.ModelProto, original: onnx.ModelProto) -> Verification:
+def _verified(converted: onnx.ModelProto, original: onnx.ModelProto | Path) -> Verification:
     """The converted file run beside the original in onnxruntime (``check_onnx``); a VerificationError where
     they differ."""
     from ..check import check_onnx, save_proto

@@ -15,6 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from ..carry import CARRIED, Input, Op
+from ..check import without_weights
 from ..engine import Linear
 from ..errors import OnnxError
 from ..report import Skipped
@@ -142,7 +143,7 @@ class _ReadContext:
 
 def inferred_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     """Every value's dims by name: an int where fixed, None where free (see the module docstring)."""
-    shapes = _infer(proto)
+    shapes = _dims(_inferred(without_weights(proto)).graph)
 
     def known(name: str) -> bool:  # the features, the last dim, fixed
         return bool(shapes.get(name)) and shapes[name][-1] is not None
@@ -153,7 +154,7 @@ def inferred_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]
 
     quiet = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
     level, quiet.level = quiet.level, logging.ERROR  # it warns of every dim it merges
-    try:
+    try:  # with the weights: it reads the constants it folds (past 2 GB it fails, and the Linears are reported)
         symbolic = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
     except Exception:  # it is a fallback: without it the Linears it would have shaped are reported
         return shapes
@@ -164,9 +165,14 @@ def inferred_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]
     return shapes | better
 
 
-def _infer(proto: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+def inferred_value_info(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The type and shape of every inner value, as onnx's shape inference (with data propagation) finds them."""
+    return list(_inferred(without_weights(proto)).graph.value_info)
+
+
+def _inferred(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        return _dims(onnx.shape_inference.infer_shapes(proto, data_prop=True).graph)
+        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception as e:
         raise OnnxError(f"onnx shape inference fails on the model: {' '.join(str(e).split())[:300]}") from e
 
