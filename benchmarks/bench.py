@@ -25,7 +25,8 @@ row whose rounds disagree by more than 1.5x is flagged as measured on a noisy ma
 Results: a table on the terminal, ``bench.json`` (every figure, the machine and library versions) and
 ``bench.png`` (one panel per family, on a linear axis around 1 with the goal line and the spread; needs
 matplotlib, the ``bench`` extra), in ``benchmarks/scratch`` unless ``--out`` says otherwise. Only
-``--full`` may write to ``benchmarks/results``, where the README's figures live.
+``--full`` may write to ``benchmarks/results``, where the docs' figures live
+(``python docs/generate.py`` makes their tables).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 Engine), for the original, fxconv's default, fxconv's target profile and the two layouts other converters use.
 
     python benchmarks/bench.py --only targets                        # writes benchmarks/scratch/bench-targets.*
-    python benchmarks/bench.py --only targets --full --out benchmarks/results   # the README's "Targets" figures
+    python benchmarks/bench.py --only targets --full --out benchmarks/results   # docs/targets.md's figures
     python benchmarks/bench.py --only targets --tiny                 # seconds: proves the script runs
 
 Deterministic figures, no timing: Vela gives the same cycles for the same model on every run (int8,

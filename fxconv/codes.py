@@ -1,8 +1,8 @@
 """Why a Linear was left alone: one table of codes for both front ends (``convert`` and ``convert_onnx``).
 
 Every Linear-like call fxconv does not convert is in ``report.skipped`` with one of these codes and a
-sentence about that call. The table says what each code means and what to do; the README's table is
-this one (a test holds them together), and ``skip`` refuses a code that is not in it.
+sentence about that call. The table says what each code means and what to do; the docs' table is made
+from this one (``docs/generate.py``), and ``skip`` refuses a code that is not in it.
 
 Codes renamed since 0.1 are still understood where a user matches on them: ``Skipped.matches("weight-on-left")``
 is true for a ``constant-left`` skip (``ALIASES``).

@@ -4,7 +4,7 @@ A target is a profile of choices fxconv already has — which Linears to convert
 the scope — plus the ops it writes for that compiler. ``convert(..., target=...)``, ``convert_onnx``
 and the CLI's ``--target`` take one; explicit ``method``/``scope``/``layout`` arguments override its
 defaults, and a combination the target's compiler is measured to be slower with is warned about. The
-figures behind each choice: ``python benchmarks/bench.py --only targets`` (README, "Targets").
+figures behind each choice: ``python benchmarks/bench.py --only targets`` (docs/targets.md).
 
 * ``onnxruntime`` (the default): heads as convolutions over the folded map (one GEMM for the batch in
   onnxruntime's CPU kernels), Linears at every position with ``scope="all"``.

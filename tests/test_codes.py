@@ -1,9 +1,9 @@
-"""The refusal codes: one table (``fxconv.codes``) for both front ends, the code, and the README."""
+"""The refusal codes: one table (``fxconv.codes``) for both front ends and the code (the docs' table is made
+from it: tests/test_docs.py)."""
 
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 import fxconv
-from fxconv.codes import ALIASES, CODES, skip
+from fxconv.codes import CODES, skip
 
 PACKAGE = Path(fxconv.__file__).parent
-README = PACKAGE.parent / "README.md"
 
 
 def _emitted_codes() -> dict[str, list[str]]:
@@ -41,14 +40,6 @@ def test_every_code_emitted_is_in_the_table_and_every_code_in_the_table_is_emitt
     emitted = _emitted_codes()
     assert set(emitted) - set(CODES) == set(), {c: emitted[c] for c in set(emitted) - set(CODES)}
     assert set(CODES) - set(emitted) == set()
-
-
-def test_the_readme_table_is_the_code_table():
-    section = README.read_text().split("### What is left alone, and why", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([A-Za-z0-9-]+)` \|", section, re.M)
-    assert rows == list(CODES)
-    for old, new in ALIASES.items():
-        assert f"`{old}`" in section and new in CODES
 
 
 def test_a_code_outside_the_table_is_a_bug_not_a_report():
