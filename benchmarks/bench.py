@@ -353,6 +353,31 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ratio_table(
+    rows: list[dict], original: str, columns: list[tuple[str, str, str]], *, diff: tuple[str, str] | None = None,
+    first: str = "model", bold: tuple[int, ...] = (), flag: bool = True,
+) -> str:
+    """Markdown: one row per (model, batch), the original's latency in ``original``'s runtime, then each column
+    ``(header, runtime, variant)``'s median ratio with its rounds' min–max (NOISY where ``flag`` and the rounds
+    disagree; in bold for the columns ``bold`` names), and ``diff`` = (runtime, variant)'s max abs diff."""
+    short = {"onnxruntime": "ORT", "openvino": "OpenVINO"}
+    found = {(r["model"], r["batch"], r["runtime"], r["variant"]): r for r in rows}
+    head = [first, "batch", f"original, {short[original]} ms", *(c[0] for c in columns)]
+    head += [f"max abs diff ({short[diff[0]]})"] if diff else []
+    lines = ["| " + " | ".join(head) + " |", "| --- | " + " | ".join(["---:"] * (len(head) - 1)) + " |"]
+    for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+        base = next(r for r in rows if (r["model"], r["batch"], r["runtime"]) == (model, batch, original))
+        cells = [model.removesuffix(" file"), str(batch), f"{base['original_ms']:.1f}"]
+        for i, (_, runtime, variant) in enumerate(columns):
+            r = found.get((model, batch, runtime, variant))
+            median = "" if r is None else f"**{r['ratio']:.2f}**" if i in bold else f"{r['ratio']:.2f}"
+            cells.append("" if r is None else f"{median} [{r['ratio_min']:.2f}–{r['ratio_max']:.2f}]"
+                         + (" NOISY" if flag and noisy(r) else ""))  # fmt: skip
+        cells += [f"{found[(model, batch, *diff)]['max_abs_diff']:.1e}"] if diff else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], dense: list[dict], path: Path, threads: int) -> bool:
     """One panel per family: heads (folded), whole models, heads in the batched layout, dense mode."""
     try:

@@ -83,6 +83,16 @@ def run(width: int, features: int, out: Path | None) -> list[dict]:
     return rows
 
 
+def markdown(rows: list[dict]) -> str:
+    """The docs' table: each process's steps, their seconds, its peak memory and that over the weights."""
+    lines = ["| steps | weights | seconds | peak memory | peak / weights |", "| --- | ---: | --- | ---: | ---: |"]
+    for r in rows:
+        seconds = ", ".join(f"{k[:-2].replace('_', ' ')} {v:.1f}" for k, v in r.items() if k.endswith("_s"))
+        lines.append(f"| {r['steps']} | {r['weights_gib']:.2f} GiB | {seconds} | {r['peak_gib']:.2f} GiB | "
+                     f"{r['peak_x_weights']:.1f}x |")  # fmt: skip
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--width", type=int, default=16500, help="the hidden Linears' width (16500: 2.16 GB)")

@@ -79,3 +79,14 @@ def run(out: Path, tiny: bool) -> list[dict]:
     (out / "bench-verify.json").write_text(json.dumps({"rows": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S")},
                                                       indent=2))  # fmt: skip
     return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The docs' table: each model's convert time both ways, medians with the rounds' min–max, and the ratio."""
+    lines = ["| model | parameters | convert, verified | `verify=False` | ratio |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        both = [f"{r[k]:.2f} s ({r[k.replace('_s', '_min_s')]:.2f}–{r[k.replace('_s', '_max_s')]:.2f})"
+                for k in ("verify_s", "no_verify_s")]  # fmt: skip
+        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {both[0]} | {both[1]} | {r['ratio']:.1f}x |")
+    return "\n".join(lines)

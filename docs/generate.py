@@ -38,7 +38,55 @@ def targets() -> str:
     return bench_targets.table(rows)
 
 
-PARTS = {"codes": ("convert.md", codes), "targets": ("targets.md", targets)}
+def _results(name: str) -> list[dict]:
+    return json.loads((ROOT / "benchmarks/results" / name).read_text())["rows"]
+
+
+def _latency(name: str, original: str, columns, **options):
+    """A table of converted/original latency ratios from a ``bench.py`` result (``bench.ratio_table``)."""
+    def make() -> str:
+        import bench  # benchmarks/bench.py
+
+        return bench.ratio_table(_results(name), original, columns, **options)
+
+    return make
+
+
+def verify_cost() -> str:
+    """What the self-check costs, from ``benchmarks/results/bench-verify.json`` (``self_check.markdown``)."""
+    import self_check
+
+    return self_check.markdown(_results("bench-verify.json"))
+
+
+def large_file() -> str:
+    """A model past 2 GB, from ``benchmarks/results/bench-large-file.json`` (``large_file.markdown``)."""
+    import large_file as bench_large_file
+
+    return bench_large_file.markdown(_results("bench-large-file.json"))
+
+
+ORT, OV, EAGER = "onnxruntime", "openvino", "pytorch"
+PARTS = {
+    "codes": ("convert.md", codes),
+    "targets": ("targets.md", targets),
+    "verify": ("benchmarks.md", verify_cost),
+    "large_file": ("benchmarks.md", large_file),
+    "latency_ort": ("benchmarks.md", _latency("bench.json", ORT, [
+        ("ORT kernel", ORT, "kernel"), ("ORT 1x1", ORT, "1x1"), ("ORT kernel, batched", ORT, "kernel batched"),
+        ("eager kernel", EAGER, "kernel"), ("eager 1x1", EAGER, "1x1")], diff=(ORT, "kernel"))),
+    "latency_openvino": ("benchmarks.md", _latency("bench.json", OV, [
+        ("OpenVINO kernel", OV, "kernel"), ("OpenVINO 1x1", OV, "1x1"),
+        ("OpenVINO kernel, batched", OV, "kernel batched")], diff=(OV, "kernel"))),
+    "latency_onnx": ("benchmarks.md", _latency("bench-onnx.json", ORT, [
+        ("ORT kernel", ORT, "onnx kernel"), ("ORT 1x1", ORT, "onnx 1x1"), ("OpenVINO kernel", OV, "onnx kernel"),
+        ("OpenVINO 1x1", OV, "onnx 1x1")], diff=(ORT, "onnx kernel"), first="file")),
+    "latency_scope": ("benchmarks.md", _latency("bench-scope.json", ORT, [
+        ('ORT `scope="all"`', ORT, "scope all"), ("ORT wrap each Linear", ORT, "wrap each Linear"),
+        ("ORT tokens into batch", ORT, "tokens into batch"), ('OpenVINO `scope="all"`', OV, "scope all"),
+        ("OpenVINO wrap each", OV, "wrap each Linear"), ("OpenVINO into batch", OV, "tokens into batch")],
+        bold=(0, 3), flag=False)),
+}  # fmt: skip
 _PART = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
