@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
 from typing import NamedTuple
 
 import torch
@@ -41,16 +40,15 @@ from torch.export import ExportedProgram
 from ._util import Example
 from .capture import capture as capture_graph  # the name ``capture`` is convert's keyword
 from .capture import export_again
-from .carry import ATTENTION, CARRIED
 from .codes import skip
 from .engine.rewrite import Rewrite
-from .errors import FxconvWarning, InvalidArgumentError, NotConvertibleError
 from .fx.dense import make_dense
 from .fx.emit import FxBuilder
 from .fx.read import FxView
 from .fx.state import written_state
-from .report import Report
-from .targets import resolve
+from .pipeline import run
+from .report import Report, Verification
+from .targets import Options, resolve
 from .verify import verify as check_equal  # the name ``verify`` is convert's keyword
 
 __all__ = ["ConvertResult", "convert"]
@@ -126,49 +124,46 @@ def convert(
     compared and the largest difference; a difference over tolerance raises :class:`VerificationError`.
     ``verify=False`` skips it (a model too large to run twice); the report then says "NOT VERIFIED".
     """
-    profile, chosen, slower = resolve(target, method, scope, layout, dense)
-    if dense and chosen["method"] != "kernel":
-        raise InvalidArgumentError("dense=True needs method='kernel': a 1x1 head reads a reshaped vector")
-    if dense and chosen["layout"] != "batched":
-        raise InvalidArgumentError(
-            "dense=True needs layout='batched': the windows of one image already fill the spatial axes"
-        )
-    if approximate and not dense:
-        raise InvalidArgumentError("approximate=True is a dense-mode option: pass dense=True too")
+    options = resolve(target, method, scope, layout, dense=dense, approximate=approximate, strict=strict,
+                      verify=verify)  # fmt: skip
     inputs = Example.of(example_inputs)
     given = _Given(model, inplace)
     with given.put_back_on_failure():
-        return _convert(given, inputs, profile, chosen, slower, capture=capture, dense=dense, approximate=approximate,
-                        strict=strict, verify=verify)
+        front = _Graph(given, inputs, capture, options)
+        options.warn(stacklevel=2)
+        return ConvertResult(*run(front, options))
 
 
-def _convert(given, inputs, profile, chosen, slower, *, capture, dense, approximate, strict, verify) -> ConvertResult:
-    """convert's pipeline: capture, the rewrite, dense mode, the self-check."""
-    method, scope, layout = chosen["method"], chosen["scope"], chosen["layout"]
-    captured = capture_graph(given.model, inputs, capture, inplace=given.inplace)
-    for warning in slower:
-        warnings.warn(warning, FxconvWarning, stacklevel=3)
-    report = Report(method, scope, layout, dense, captured.how, captured.note, profile.name, captured.fixed_batch,
-                    state=sorted(written_state(captured.gm)))
-    report.skipped += [
-        skip(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
-        for name, where in captured.hidden
-    ]
-    view = FxView(captured.gm, ATTENTION if profile.attention else CARRIED)
-    rewrite = Rewrite(view, FxBuilder(captured.gm, view), method, layout, scope, report, why=profile.why,
-                      keeps=chosen["keeps"], carries=profile.carries)
-    rewrite.run()
-    if dense:
-        make_dense(rewrite, inputs, approximate)
-    if strict and report.skipped:
-        raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
-    result = captured.gm if captured.program is None else export_again(captured.gm, captured.program, inputs)
-    if verify:
-        report.verified = check_equal(given.reference, result, inputs, batch_free=captured.fixed_batch is None,
-                                      dense=dense)
-        if report.verified.compared:  # the buffers by the names the model gives them (torch.export may lift them)
-            report.state = sorted(report.verified.state)
-    return ConvertResult(result, report)
+class _Graph:
+    """convert's front end for the pipeline (``fxconv.pipeline``): the model captured as a GraphModule, its
+    view and builder; the result dense where asked, an ExportedProgram again where one was given; proven
+    against the model (``fxconv.verify``)."""
+
+    def __init__(self, given: _Given, inputs: Example, capture: str, options: Options):
+        self.given, self.inputs, self.options = given, inputs, options
+        self.captured = captured = capture_graph(given.model, inputs, capture, inplace=given.inplace)
+        self.report = Report(options.method, options.scope, options.layout, options.dense, captured.how,
+                             captured.note, options.target.name, captured.fixed_batch,
+                             state=sorted(written_state(captured.gm)))  # fmt: skip
+        self.report.skipped += [
+            skip(name, "opaque", f"it runs inside {where}, which the graph keeps whole: capture='export' sees inside")
+            for name, where in captured.hidden
+        ]
+        self.view = FxView(captured.gm, options.target.rules)
+        self.builder = FxBuilder(captured.gm, self.view)
+
+    def result(self, rewrite: Rewrite) -> fx.GraphModule | ExportedProgram:
+        if self.options.dense:
+            make_dense(rewrite, self.inputs, self.options.approximate)
+        captured = self.captured
+        return captured.gm if captured.program is None else export_again(captured.gm, captured.program, self.inputs)
+
+    def verified(self, result) -> Verification:
+        verified = check_equal(self.given.reference, result, self.inputs, batch_free=self.captured.fixed_batch is None,
+                               dense=self.options.dense)  # fmt: skip
+        if verified.compared:  # the buffers by the names the model gives them (torch.export may lift them)
+            self.report.state = sorted(verified.state)
+        return verified
 
 
 class _Given:

@@ -26,9 +26,12 @@ figures behind each choice: ``python benchmarks/bench.py --only targets`` (docs/
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .errors import InvalidArgumentError
+from .carry import ATTENTION, CARRIED, Rule
+from .errors import FxconvWarning, InvalidArgumentError
 from .options import LAYOUTS, METHODS, SCOPES
 from .options import TARGETS as OPTIONS_TARGETS
 
@@ -39,11 +42,37 @@ class Target:
     scope: str
     method: str
     layout: str
-    why: dict[str, str]  # recorded on each Linear it converts, by what it reads: "head", "positions"
-    keeps: dict[str, str] | None = None  # why it keeps a Linear, by what it reads: "vector", "positions"
-    attention: bool = False  # attention carried in the layout, split per head (fxconv.carry.ATTENTION)
+    why: Mapping[str, str]  # recorded on each Linear it converts, by what it reads: "head", "positions"
+    keeps: Mapping[str, str] | None = None  # why it keeps a Linear, by what it reads: "vector", "positions"
+    rules: tuple[Rule, ...] = CARRIED  # the ops carried in the layout (ATTENTION: attention split per head too)
     carries: bool = True  # False: each Linear at every position changes layout on its own, nothing else moves
-    slower: dict[tuple[str, str], str] = field(default_factory=dict)  # (option, value) -> what was measured
+    slower: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (option, value) -> what was measured
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every choice of one conversion, resolved once (:func:`resolve`) and read by each step after it: the
+    pipeline (``fxconv.pipeline``), the rewrite and its planner, for both front ends."""
+
+    target: Target
+    method: str
+    scope: str
+    layout: str
+    keeps: Mapping[str, str] | None  # the target's reasons to keep a Linear; None where the user chose
+    dense: bool = False
+    approximate: bool = False
+    strict: bool = False
+    verify: bool = True
+    slower: tuple[str, ...] = ()  # what the target's compiler was measured slower with, of the choices given
+
+    @property
+    def folded(self) -> bool:
+        return self.layout == "folded"
+
+    def warn(self, stacklevel: int = 2) -> None:
+        """Warn of each choice measured slower on the target, at the caller's caller by default."""
+        for warning in self.slower:
+            warnings.warn(warning, FxconvWarning, stacklevel=stacklevel + 1)
 
 
 TARGETS: dict[str, Target] = {
@@ -76,7 +105,7 @@ TARGETS: dict[str, Target] = {
         "coreml", "all", "kernel", "batched",
         why=dict.fromkeys(("head", "positions"), "Core ML: a 1x1 convolution in (B, C, 1, S), Apple's layout for "
                           "the Neural Engine"),
-        attention=True,
+        rules=ATTENTION,
         slower={("scope", "heads"): "Apple's Neural Engine guidance runs every Linear as a 1x1 convolution in "
                                     "(B, C, 1, S); with scope='heads' the per-position Linears stay"},
     ),
@@ -84,12 +113,14 @@ TARGETS: dict[str, Target] = {
 assert tuple(TARGETS) == OPTIONS_TARGETS  # options.TARGETS names them without importing this module
 
 
-def resolve(target: str, method: str | None, scope: str | None, layout: str | None, dense: bool = False):
-    """The target and the choices to use — the target's defaults where none is given (dense mode is
-    always batched); ``keeps`` dropped when the user chose the method or scope — and what to warn of.
-
-    Returns ``(profile, chosen, warnings)``, ``chosen`` a dict of method, scope, layout and keeps.
-    """
+def resolve(
+    target: str = "onnxruntime", method: str | None = None, scope: str | None = None, layout: str | None = None, *,
+    dense: bool = False, approximate: bool = False, strict: bool = False, verify: bool = True,
+) -> Options:
+    """The choices to use: the target's defaults where none is given (dense mode is always batched);
+    ``keeps`` dropped when the user chose the method or scope; what the target was measured slower with.
+    A choice that is not one, or a combination that cannot be, is an :class:`InvalidArgumentError` here,
+    before any work."""
     if target not in TARGETS:
         raise InvalidArgumentError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
     profile = TARGETS[target]
@@ -100,10 +131,19 @@ def resolve(target: str, method: str | None, scope: str | None, layout: str | No
     for option, values in (("method", METHODS), ("scope", SCOPES), ("layout", LAYOUTS)):
         if chosen[option] not in values:
             raise InvalidArgumentError(f"unknown {option} {chosen[option]!r}: choose one of {', '.join(values)}")
-    chosen["keeps"] = profile.keeps if method is None and scope is None else None
-    warnings = [
+    if dense and chosen["method"] != "kernel":
+        raise InvalidArgumentError("dense=True needs method='kernel': a 1x1 head reads a reshaped vector")
+    if dense and chosen["layout"] != "batched":
+        raise InvalidArgumentError(
+            "dense=True needs layout='batched': the windows of one image already fill the spatial axes"
+        )
+    if approximate and not dense:
+        raise InvalidArgumentError("approximate=True is a dense-mode option: pass dense=True too")
+    slower = tuple(
         f"{option}={chosen[option]!r} with target={target!r}: {why}"
         for (option, value), why in profile.slower.items()
         if chosen[option] == value and given[option] is not None
-    ]
-    return profile, chosen, warnings
+    )
+    keeps = profile.keeps if method is None and scope is None else None
+    return Options(profile, **chosen, keeps=keeps, dense=dense, approximate=approximate, strict=strict,
+                   verify=verify, slower=slower)  # fmt: skip

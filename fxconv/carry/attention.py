@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..layouts import SplitLayout
-from . import Moved, Rule
+from .rule import Moved, Rule
 
 _HEADS = ("N", 0, "L", 1)  # (N, H, L, D): heads, positions, a head's dims
 

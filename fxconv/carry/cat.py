@@ -17,7 +17,7 @@ the grouped views (N, H, D/2, L) along D and flattens them back to (N, H·D, 1, 
 from __future__ import annotations
 
 from ..layouts import PositionLayout, SplitLayout
-from . import Moved, Rule
+from .rule import Moved, Rule
 
 
 class Cat(Rule):

@@ -21,7 +21,7 @@ split along the channels (``SplitLayout``) an operand that broadcasts over them 
 from __future__ import annotations
 
 from ..layouts import SplitLayout
-from . import Moved, Rule, operand_reason
+from .rule import Moved, Rule, operand_reason
 
 _ACTIVATIONS = (
     "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "hardswish", "hardsigmoid",

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..layouts import SplitLayout
-from . import Moved, Rule
+from .rule import Moved, Rule
 
 
 class Expand(Rule):

@@ -17,7 +17,7 @@ channel axis.
 
 from __future__ import annotations
 
-from . import Moved, Rule, over_channels
+from .rule import Moved, Rule, over_channels
 
 
 class NormOverLast(Rule):

@@ -19,7 +19,7 @@ whose layout is another one. A global pooling that ends 2-D is a head's source i
 from __future__ import annotations
 
 from ..layouts import PositionLayout
-from . import Moved, Rule
+from .rule import Moved, Rule
 
 _REDUCE = {"mean": "mean", "sum": "sum", "amax": "max", "amin": "min"}
 _ALONG = {"softmax": "softmax", "_softmax": "softmax", "log_softmax": "log_softmax", "_log_softmax": "log_softmax"}

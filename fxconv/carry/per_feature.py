@@ -18,7 +18,7 @@ the form keeps on the channel axis only when the map's spatial dims are 1 (or wi
 from __future__ import annotations
 
 from ..layouts import PositionLayout
-from . import Moved, Rule
+from .rule import Moved, Rule
 
 
 class PerFeature(Rule):

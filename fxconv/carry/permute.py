@@ -18,7 +18,7 @@ read the form, which saves the way out.
 from __future__ import annotations
 
 from ..layouts import Layout, PositionLayout, SplitLayout, layout_for
-from . import Moved, Replaced, Rule
+from .rule import Moved, Replaced, Rule
 
 
 class Permute(Rule):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from . import Moved, Rule, operand_reason
+from .rule import Moved, Rule, operand_reason
 
 
 class QuantDequant(Rule):

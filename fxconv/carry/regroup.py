@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 from ..layouts import KEEP, PositionLayout, SplitLayout, layout_for
-from . import Moved, Rule
+from .rule import Moved, Rule
 
 
 class Regroup(Rule):

@@ -15,8 +15,8 @@ needs no rule of its own: it is element-wise ops and a mean over the channels (`
 
 from __future__ import annotations
 
-from . import Moved
 from .layer_norm import NormOverLast, affine
+from .rule import Moved
 
 
 class RmsNorm(NormOverLast):

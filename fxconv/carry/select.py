@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 from ..layouts import PositionLayout, SplitLayout, vectors
-from . import Moved, Rule
+from .rule import Moved, Rule
 
 
 class Select(Rule):

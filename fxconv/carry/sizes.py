@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..layouts import PositionLayout
-from . import Replaced, Rule
+from .rule import Replaced, Rule
 
 
 class Sizes(Rule):

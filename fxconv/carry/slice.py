@@ -18,7 +18,7 @@ index that drops a dim (``x[:, 0]``) changes the rank, and with it the layout: i
 from __future__ import annotations
 
 from ..layouts import PositionLayout, SplitLayout
-from . import Moved, Rule
+from .rule import Moved, Rule
 
 _END = 2**63 - 1  # "to the end", as torch.export and ONNX write it
 

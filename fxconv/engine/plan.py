@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from ..codes import skip
 from ..layouts import Layout, MapLayout, PositionLayout, layout_for
 from ..report import Report, Skipped
+from ..targets import Options
 from . import Linear
 from .sources import Sources
 
@@ -46,14 +47,14 @@ class Plan:
 
 
 class Planner:
-    def __init__(self, view, method: str, folded: bool, scope: str, report: Report, keeps: dict | None = None,
-                 carries: bool = True):
-        self.view, self.method, self.folded, self.scope, self.report = view, method, folded, scope, report
-        self.keeps = keeps  # the target's reasons for the Linears it does not rewrite, by what they read
-        self.carries = carries  # False: a Linear at each position enters its own input, not where its ops start
+    def __init__(self, view, options: Options, report: Report):
+        self.view, self.report = view, report
+        self.method, self.folded, self.scope = options.method, options.folded, options.scope
+        self.keeps = options.keeps  # the target's reasons for the Linears it does not rewrite, by what they read
+        self.carries = options.target.carries  # False: a Linear at each position enters its own input
         self.plan = Plan()
         self.planned: dict[object, Route] = {}  # a planned Linear's output -> its route
-        self.sources = Sources(view, method, folded)
+        self.sources = Sources(view, self.method, self.folded)
         self.order = {op: i for i, op in enumerate(view.ops())}
 
     def run(self) -> Plan:

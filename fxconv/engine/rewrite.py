@@ -21,6 +21,7 @@ import logging
 from ..carry import Moved
 from ..layouts import KEEP, MANY_POSITIONS, MapLayout, PositionLayout, SplitLayout, apply_to_shape, compose, layout_for
 from ..report import Converted, Report
+from ..targets import Options
 from . import Entry, Form, Head
 from .plan import Planner, Route
 from .sources import Source
@@ -31,14 +32,14 @@ log = logging.getLogger("fxconv")
 class Rewrite:
     """Rewrites the Linears of one graph (through a front end's view and builder), recording them in a Report."""
 
-    def __init__(self, view, build, method: str, layout: str, scope: str, report: Report, *, why: dict | None = None,
-                 keeps: dict | None = None, carries: bool = True):
-        """``why``: the target's reason to record on each Linear converted; ``keeps``: its reasons for those
-        it keeps; ``carries=False``: every Linear at each position changes layout on its own, in and out,
-        nothing else runs in the layout (``fxconv.targets``: measured faster on Ethos-U)."""
-        self.view, self.build, self.method, self.scope, self.report = view, build, method, scope, report
-        self.why, self.keeps, self.carries = why or {}, keeps, carries
-        self.folded = layout == "folded"
+    def __init__(self, view, build, options: Options, report: Report):
+        """``options`` (``fxconv.targets.Options``): the method, scope and layout, the target's reason to
+        record on each Linear converted (``why``) and its reasons for those it keeps; with the target's
+        ``carries=False`` every Linear at each position changes layout on its own, in and out, nothing else
+        runs in the layout (measured faster on Ethos-U)."""
+        self.view, self.build, self.options, self.report = view, build, options, report
+        self.method, self.scope, self.folded = options.method, options.scope, options.folded
+        self.why, self.carries = options.target.why, options.target.carries
         self.forms: dict[object, Form] = {}  # a value (original or its replacement) -> its conv form
         self.now: dict[object, object] = {}  # a value the walk replaced -> what its readers read now
         self.was: dict[object, object] = {}  # ... and back
@@ -47,7 +48,7 @@ class Rewrite:
         self.memo: dict = {}  # what rules build once per walk (``_Context.once``)
 
     def run(self) -> None:
-        planner = Planner(self.view, self.method, self.folded, self.scope, self.report, self.keeps, self.carries)
+        planner = Planner(self.view, self.options, self.report)
         self.plan = planner.run()
         self.walk()
         self.build.finish()

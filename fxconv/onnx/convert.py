@@ -22,18 +22,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 
 from .. import _tidy
-from ..carry import ATTENTION, CARRIED
-from ..engine.rewrite import Rewrite
-from ..errors import FxconvWarning, InvalidArgumentError, NotConvertibleError, VerificationError
+from ..errors import InvalidArgumentError, VerificationError
+from ..pipeline import run
 from ..report import Report, Verification
-from ..targets import resolve
+from ..targets import Options, resolve
 from .emit import OnnxBuilder
 from .read import OnnxView, inferred_shapes, inferred_value_info
 
@@ -62,41 +60,49 @@ def convert_onnx(
     whose inputs have free dims beyond the batch cannot be run without an example: then ``check_onnx(path,
     original, example)`` is the proof, and the report says it was not verified and why.
     """
-    profile, chosen, slower = resolve(target, method, scope, layout)
-    method, scope, layout = chosen["method"], chosen["scope"], chosen["layout"]
-    for warning in slower:
-        warnings.warn(warning, FxconvWarning, stacklevel=2)
-    if isinstance(model, (str, os.PathLike)):
-        from ..check import load_onnx
+    options = resolve(target, method, scope, layout, strict=strict, verify=verify)
+    options.warn(stacklevel=2)
+    front = _File(model, options)
+    return run(front, options)
 
-        proto = load_onnx(model)
-    elif isinstance(model, onnx.ModelProto):
-        proto = model
-    else:
-        raise InvalidArgumentError(
-            f"model must be an ONNX file's path or an onnx.ModelProto, not {type(model).__name__}"
-        )
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)  # the IR keeps the proto's tensors, and renaming a value renames its tensor
-    graph_model = ir.from_proto(copy)
-    report = Report(method, scope, layout, capture="ONNX", target=target)
-    view = OnnxView(graph_model, inferred_shapes(proto), ATTENTION if profile.attention else CARRIED)
-    builder = OnnxBuilder(graph_model, view)
-    choices = {"why": profile.why, "keeps": chosen["keeps"], "carries": profile.carries}
-    Rewrite(view, builder, method, layout, scope, report, **choices).run()
-    if strict and report.skipped:
-        raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
-    result = ir.to_proto(graph_model)
-    if report.converted and all(v.shape is not None and v.shape.is_static() for v in graph_model.graph.inputs):
-        inferred = inferred_value_info(result)  # those the graph had among them
-        del result.graph.value_info[:]
-        result.graph.value_info.extend(inferred)
-        graph_model = ir.from_proto(result)
-        _tidy.simplify_moves(graph_model)
-        result = ir.to_proto(graph_model)
-    if verify:  # against the user's file where there is one: a proto would be written out again to be run
-        report.verified = _verified(result, model if isinstance(model, onnx.ModelProto) else Path(model))
-    return result, report
+
+class _File:
+    """convert_onnx's front end for the pipeline (``fxconv.pipeline``): the file's graph as onnx_ir holds it,
+    its view and builder; the result a ModelProto, at a static batch with its layout moves simplified;
+    proven against the original file in onnxruntime."""
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, options: Options):
+        if isinstance(model, (str, os.PathLike)):
+            from ..check import load_onnx
+
+            self.original, proto = Path(model), load_onnx(model)
+        elif isinstance(model, onnx.ModelProto):
+            self.original = proto = model
+        else:
+            raise InvalidArgumentError(
+                f"model must be an ONNX file's path or an onnx.ModelProto, not {type(model).__name__}"
+            )
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)  # the IR keeps the proto's tensors, and renaming a value renames its tensor
+        self.graph = ir.from_proto(copy)
+        self.report = Report(options.method, options.scope, options.layout, capture="ONNX", target=options.target.name)
+        self.view = OnnxView(self.graph, inferred_shapes(proto), options.target.rules)
+        self.builder = OnnxBuilder(self.graph, self.view)
+
+    def result(self, rewrite) -> onnx.ModelProto:
+        result = ir.to_proto(self.graph)
+        if self.report.converted and all(v.shape is not None and v.shape.is_static() for v in self.graph.graph.inputs):
+            inferred = inferred_value_info(result)  # those the graph had among them
+            del result.graph.value_info[:]
+            result.graph.value_info.extend(inferred)
+            graph = ir.from_proto(result)
+            _tidy.simplify_moves(graph)
+            result = ir.to_proto(graph)
+        return result
+
+    def verified(self, result: onnx.ModelProto) -> Verification:
+        # against the user's file where there is one: a proto would be written out again to be run
+        return _verified(result, self.original)
 
 
 def _verified(converted: onnx.ModelProto, original: onnx.ModelProto | Path) -> Verification:
