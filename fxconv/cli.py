@@ -263,9 +263,12 @@ def _from_pytorch(args: argparse.Namespace, timings: _Timings) -> _Source:
             raise InvalidArgumentError(f"the model is {dtype}: {refusal}")
         example = example_input(model, shape)
     with _step("tracing and converting", "convert", timings):
+        # In place: the model is the command line's own, and the result's convolutions read its weights rather
+        # than a copy's (one copy of the weights fewer); the model's own forward is untouched, so it stays the
+        # reference the self-check and the file's check compare with.
         module, report = convert(
             model, example, args.method, scope=args.scope, layout=args.layout, target=args.target, dense=args.dense,
-            approximate=args.approximate, capture=args.capture, verify=not args.no_verify,
+            approximate=args.approximate, capture=args.capture, verify=not args.no_verify, inplace=True,
         )
     # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose output at
     # the example's size convert() proves equal to the original's logits.

@@ -18,7 +18,9 @@ import contextlib
 import csv
 import glob
 import io
+import itertools
 import logging
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ class EthosU:
     device: str
     cycles: int  # Vela's cycles_total, summed over the delegated parts
     outside: list[str] = field(default_factory=list)  # ops that run on the CPU (the input's quantize excluded)
+    parts: list[int] = field(default_factory=list)  # each delegated part's cycles, in the order Vela compiled them
 
 
 def ethos_u(model: nn.Module, example_inputs, device: str = "ethos-u55-128", calibration: int = 4) -> EthosU:
@@ -64,9 +67,8 @@ def ethos_u(model: nn.Module, example_inputs, device: str = "ethos-u55-128", cal
     if isinstance(model, torch.export.ExportedProgram):
         model = model.module()
     system, memory = ETHOS_U[device]
-    with tempfile.TemporaryDirectory(prefix="fxconv-vela-") as folder, _quiet():
+    with tempfile.TemporaryDirectory(prefix="fxconv-vela-") as folder, _quiet(), _each_part_its_folder(folder):
         spec = EthosUCompileSpec(device, system_config=system, memory_mode=memory, extra_flags=["--output-format=raw"])
-        spec = spec.dump_intermediate_artifacts_to(folder)
         quantizer = EthosUQuantizer(spec)
         quantizer.set_global(get_symmetric_quantization_config())
         with eval_mode(model):
@@ -81,11 +83,33 @@ def ethos_u(model: nn.Module, example_inputs, device: str = "ethos-u55-128", cal
         quantized = convert_pt2e(prepared)
         program = torch.export.export(quantized, inputs.args, inputs.kwargs)
         lowered = to_edge_transform_and_lower(program, partitioner=[EthosUPartitioner(spec)])
-        summaries = glob.glob(f"{folder}/**/out_summary_*.csv", recursive=True)
-        cycles = sum(int(float(next(csv.DictReader(open(path)))["cycles_total"])) for path in summaries)
+        summaries = sorted(glob.glob(f"{folder}/part-*/**/out_summary_*.csv", recursive=True),
+                           key=lambda path: int(path.split("part-")[1].split(os.sep)[0]))  # fmt: skip
+        parts = [int(float(next(csv.DictReader(open(path)))["cycles_total"])) for path in summaries]
     graph = lowered.exported_program().graph_module.graph
     outside = [_op(n) for n in graph.nodes if n.op == "call_function" and not _delegated_or_io(n)]
-    return EthosU(device, cycles, outside)
+    return EthosU(device, sum(parts), outside, parts)
+
+
+@contextlib.contextmanager
+def _each_part_its_folder(folder: str):
+    """Vela run on each delegated part in a folder of its own (``folder/part-0``, ...). ExecuTorch hands every
+    part the one folder the compile spec names, where each part's summary overwrote the last: a model with an
+    op left on the CPU between two NPU parts was said to cost its last part's cycles only."""
+    from executorch.backends.arm.ethosu import backend
+
+    compile_one, parts = backend.vela_compile, itertools.count()
+
+    def compile_part(*args, intermediate_path=None, **kwargs):
+        path = os.path.join(folder, f"part-{next(parts)}")
+        os.makedirs(path)
+        return compile_one(*args, intermediate_path=path, **kwargs)
+
+    backend.vela_compile = compile_part
+    try:
+        yield
+    finally:
+        backend.vela_compile = compile_one
 
 
 def coreml_ops(model: nn.Module, example_inputs, via: str = "export") -> collections.Counter:

@@ -74,6 +74,30 @@ def test_ethos_u_runs_each_token_linear_as_its_own_1x1_convolution_in_fewer_cycl
     assert ethos(carried, x, "ethos-u85-256").cycles > 10 * original  # the residual add in the layout
 
 
+class TwoParts(nn.Module):
+    """A convolution, an AvgPool2d(8) Ethos-U55 leaves to the CPU (as MLPerf Tiny's ResNet-8's), then a Linear:
+    two delegated NPU parts with the CPU between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.sigmoid(nn.functional.avg_pool2d(self.conv(x), 8)).flatten(1))
+
+
+def test_vela_s_cycles_are_every_delegated_part_s(ethos):
+    """ExecuTorch gives every part the one intermediate folder, where each part's summary overwrote the last:
+    the figure was the last part's (2,400 cycles of 20,442 here)."""
+    torch.manual_seed(0)
+    model, x = TwoParts().eval(), torch.randn(1, 3, 32, 32)
+    compiled = ethos(model, x, "ethos-u55-128")
+    assert compiled.outside == ["avg_pool2d"] and len(compiled.parts) == 2
+    assert compiled.cycles == sum(compiled.parts) and all(part > 0 for part in compiled.parts)
+    alone = ethos(nn.Sequential(model.conv), x, "ethos-u55-128")  # the first part on its own
+    assert alone.parts == [alone.cycles] and compiled.parts[0] >= alone.cycles > compiled.parts[-1]
+
+
 def test_a_target_is_a_profile_that_explicit_choices_override():
     model, x = CifarCnn().eval(), torch.randn(2, 3, 32, 32)
     _, report = fxconv.convert(model, x, target="coreml")
