@@ -379,23 +379,26 @@ def _batch_guards(program: ExportedProgram) -> list[str]:
 
 
 def batch_range(program: ExportedProgram) -> str | None:
-    """The batches a dynamic program holds for where they are bounded (``"1 <= batch <= 63"``), else None."""
+    """The batches a dynamic program holds for where they stop at a largest one (``"1 <= batch <= 63"``),
+    else None."""
     values = [n.meta.get("val") for n in program.graph.nodes
               if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]  # fmt: skip
     symbols = {v.shape[0].node.expr for v in values
                if isinstance(v, torch.Tensor) and v.dim() and isinstance(v.shape[0], torch.SymInt)}  # fmt: skip
     ranges = [program.range_constraints[s] for s in symbols if s in program.range_constraints]
     upper = min((int(r.upper) for r in ranges if r.upper != int_oo), default=None)
-    lower = max([int(r.lower) for r in ranges if int(r.lower) > 2], default=1)  # 0 and 1: export's own floor
-    return None if upper is None and lower == 1 else f"{lower} <= batch" + (f" <= {upper}" if upper else "")
+    return None if upper is None else f"1 <= batch <= {upper}"
 
 
-_BOUND = re.compile(r"\S+\.size\(\)\[0\] (<|<=|>|>=) (\d+)")
+# Only an upper bound keeps the batch free: every batch from 1 to it then runs the captured branch, so the
+# self-check's one row fewer and check_onnx's batch 1 stay inside. A lower bound (``x.size()[0] >= 3``)
+# would put batch 1 on the other branch: such a graph is captured static, as any other guard's.
+_BOUND = re.compile(r"\S+\.size\(\)\[0\] (<|<=) (\d+)")
 
 
 def _within(guards: list[str], batch: int | None) -> bool:
-    """Whether every guard bounds the batch (``x.size()[0] < 64``) and ``batch`` lies within all of them."""
-    compare = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+    """Whether every guard bounds the batch from above (``x.size()[0] < 64``) and ``batch`` lies below."""
+    compare = {"<": operator.lt, "<=": operator.le}
     bounds = [_BOUND.fullmatch(g) for g in guards]
     return batch is not None and all(b and compare[b[1]](batch, int(b[2])) for b in bounds)
 

@@ -150,6 +150,28 @@ def test_a_batch_bounded_by_a_branch_stays_free_within_the_bound_and_is_checked_
     assert fxconv.check_onnx(path, model, x).passed
 
 
+class SmallBatchBranch(nn.Module):
+    """A branch below 3 rows: torch.export's graph of a batch of 4 holds where ``x.size()[0] >= 3``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        if x.shape[0] < 3:
+            x = x * 2
+        return self.fc(x.flatten(1))
+
+
+def test_a_batch_bounded_from_below_is_captured_at_the_batch_given(tmp_path):
+    """Batch 1 would run the other branch: the graph is not left free above its bound, it is static."""
+    model, x = SmallBatchBranch().eval(), torch.randn(4, 2, 4)
+    converted, report = fxconv.convert(model, x)
+    assert report.fixed_batch == 4 and "holds only where x.size()[0] >= 3" in report.capture_note
+    path = fxconv.export_onnx(converted, x, tmp_path / "low.onnx")
+    assert fxconv.check_onnx(path, model, x).passed
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_a_static_capture_is_asked_for_and_said(batch, tmp_path):
     model, x = Interleaved().eval(), torch.randn(batch, 4, 8)
