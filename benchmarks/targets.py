@@ -6,8 +6,8 @@ Engine), for the original, fxconv's default, fxconv's target profile and the two
     python benchmarks/bench.py --only targets --tiny                 # seconds: proves the script runs
 
 Deterministic figures, no timing: Vela gives the same cycles for the same model on every run (int8,
-ExecuTorch's Arm flow, ``fxconv.compilers.ethos_u``), and coremltools the same program
-(``fxconv.compilers.coreml_ops``, through torch.export). A variant that does not reach a compiler is a
+ExecuTorch's Arm flow, ``fxconv.artifacts.ethos_u.ethos_u``), and coremltools the same program
+(``fxconv.artifacts.coreml.coreml_ops``, through torch.export). A variant that does not reach a compiler is a
 row that says why, not a missing row.
 """
 
@@ -23,7 +23,8 @@ import torchvision
 from torch import nn
 
 import fxconv
-from fxconv.compilers import ETHOS_U, coreml_ops, ethos_u
+from fxconv.artifacts.coreml import coreml_ops
+from fxconv.artifacts.ethos_u import MEASURED, ethos_u
 from fxconv.errors import first_line
 from fxconv.report import versions
 
@@ -182,7 +183,7 @@ def _measure(make, measure) -> dict:
 
 def run(out: Path, tiny: bool) -> dict:
     rows = []
-    devices = ("ethos-u55-128",) if tiny else tuple(ETHOS_U)
+    devices = ("ethos-u55-128",) if tiny else tuple(MEASURED)
     for name, (factory, example) in suite(tiny).items():
         torch.manual_seed(0)
         model, x = factory().eval(), example()
@@ -220,7 +221,7 @@ def table(rows: list[dict]) -> str:
     """Markdown: Vela cycles (vs the original's) and Core ML op counts, one row per model and variant."""
     names = list(dict.fromkeys(r["model"] for r in rows))
     labels = list(dict.fromkeys(_label(r["variant"]) for r in rows))
-    devices = [d for d in ETHOS_U if any(r["compiler"] == d for r in rows)]
+    devices = [d for d in MEASURED if any(r["compiler"] == d for r in rows)]
     head = ["model", "variant", *(f"{d} cycles" for d in devices), "Core ML linear / conv / transpose / reshape"]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---", "---", *["---:"] * (len(head) - 2)]) + " |"]
     for name in names:
@@ -264,7 +265,7 @@ def plot(rows: list[dict], path: Path) -> None:
     except ImportError:
         return
     names = list(dict.fromkeys(r["model"] for r in rows))
-    panels = [d for d in ETHOS_U if any(r["compiler"] == d for r in rows)] + ["coreml"]
+    panels = [d for d in MEASURED if any(r["compiler"] == d for r in rows)] + ["coreml"]
     size = (6 * len(panels), 4.5)
     fig, axes = plt.subplots(1, len(panels), figsize=size, constrained_layout=True, squeeze=False)
     for ax, compiler in zip(axes[0], panels):

@@ -37,6 +37,8 @@ _LAZY = {  # public name: the module that defines it
     "load_onnx": "check",
     "op_census": "check",
     "export_onnx": "export",
+    "Shipped": "artifacts",
+    "ship": "artifacts",
 }
 
 
@@ -45,7 +47,7 @@ def __getattr__(name: str):
         value = getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
-    if name in ("capture", "check", "export"):  # submodules, as `fxconv.check.tolerance`
+    if name in ("artifacts", "capture", "check", "export"):  # submodules, as `fxconv.check.tolerance`
         return _importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'fxconv' has no attribute {name!r}")
 
@@ -69,6 +71,7 @@ __all__ = [
     "OnnxCheck",
     "OnnxError",
     "Report",
+    "Shipped",
     "Skipped",
     "TraceError",
     "Verification",
@@ -79,6 +82,7 @@ __all__ = [
     "export_onnx",
     "load_onnx",
     "op_census",
+    "ship",
 ]
 
 

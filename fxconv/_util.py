@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -154,3 +156,18 @@ def quiet(logger: logging.Logger):
         yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def silenced():
+    """The compilers print pages (Vela's summary, coremltools' passes, their warnings at import off macOS):
+    kept off the user's terminal for the duration."""
+    level = logging.root.level
+    logging.root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.root.setLevel(level)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -33,19 +32,27 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import FxconvError, InvalidArgumentError
-from .options import CAPTURES, LAYOUTS, METHODS, OLDEST_OPSET, RUNTIMES, SCOPES, TARGETS
+from .options import (
+    CAPTURES,
+    DEPLOYMENTS,
+    DEVICES,
+    LAYOUTS,
+    METHODS,
+    OLDEST_OPSET,
+    PRECISIONS,
+    RUNTIMES,
+    SCOPES,
+    TARGETS,
+)  # fmt: skip
 
 if TYPE_CHECKING:
-    import onnx
 
-    from .report import Report
+    pass
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141  # 128 + SIGINT, SIGPIPE
 
@@ -82,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
         "(literal arguments, dotted names), a torch.export.save file (.pt2), a torch.save(model) file, or an "
         "ONNX file (.onnx) to rewrite",
     )
-    c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.onnx", help="the ONNX file to write")
+    c.add_argument("-o", "--output", required=True, type=Path, metavar="OUT",
+                   help="the file to write, its kind by its suffix: .onnx (any target), .mlpackage (a Core ML ML "
+                   "program, --target coreml), .pte (an ExecuTorch program for Arm Ethos-U, --target ethos-u)")
     c.add_argument("--input-shape", metavar="N,C,H,W",
                    help="example input shape (default 1,3,224,224; a .pt2 file's own; 1,32 token ids for a "
                    "Hugging Face text model; for an .onnx MODEL, its declared input shape)")
@@ -99,13 +108,22 @@ def _parser() -> argparse.ArgumentParser:
                    "batch (static), or auto (default): the first faithful one, static only where dynamic fails")
     c.add_argument("--approximate", action="store_true",
                    help="with --dense: accept global pools inside the backbone (squeeze-and-excitation)")
-    c.add_argument("--dense", action="store_true", help="fully convolutional: (N, classes, h, w) on larger inputs")
+    c.add_argument("--dense", action="store_true",
+                   help=".onnx: fully convolutional, (N, classes, h, w) on larger inputs")
     c.add_argument("--report", type=Path, metavar="REPORT.json", help="also write everything printed as JSON")
-    c.add_argument("--batch", type=_positive, metavar="N", help="fix the file's batch size (default: dynamic)")
-    c.add_argument("--opset", type=int, metavar="N", help="ONNX opset, 13 or later (default: the exporter's, 20)")
-    c.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES,
-                   help="what checks the file (default onnxruntime)")
-    c.add_argument("--no-check", action="store_true", help="skip the comparison of the file with the original")
+    c.add_argument("--batch", type=_positive, metavar="N", help=".onnx: fix the file's batch size (default: dynamic)")
+    c.add_argument("--opset", type=int, metavar="N", help=".onnx: ONNX opset, 13 or later (default 20)")
+    c.add_argument("--runtime", choices=RUNTIMES, help=".onnx: what checks the file (default onnxruntime)")
+    c.add_argument("--no-check", action="store_true", help=".onnx: skip the comparison of the file with the original")
+    c.add_argument("--device", choices=DEVICES, help=".pte: the Ethos-U configuration Vela compiles for "
+                   "(default ethos-u55-128)")
+    c.add_argument("--calibration", type=Path, metavar="DATA",
+                   help=".pte: the inputs that set the int8 scales: a .npy, .npz or .pt file of inputs stacked on "
+                   "the first axis, or a folder of them (default: 4 random inputs in the example's ranges, with a "
+                   "warning)")
+    c.add_argument("--deployment", choices=DEPLOYMENTS,
+                   help=".mlpackage: the minimum deployment target (default iOS17)")
+    c.add_argument("--precision", choices=PRECISIONS, help=".mlpackage: the compute precision (default float16)")
     c.add_argument("--no-verify", action="store_true",
                    help="skip the comparison of the converted model with the original before it is written "
                    "(a model too large to run twice); the report then says NOT VERIFIED")
@@ -113,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--allow-pickle", action="store_true",
                    help="load a torch.save(model) file, which runs code stored in it: only for files you trust")
     c.add_argument("--strict", action="store_true", help="exit 1 and write nothing if any Linear is left alone")
-    c.add_argument("--force", action="store_true", help="replace OUT.onnx / REPORT.json if they exist")
+    c.add_argument("--force", action="store_true", help="replace OUT / REPORT.json if they exist")
     c.add_argument("--debug", action="store_true", help="show tracebacks")
 
     i = commands.add_parser("inspect", help="print an ONNX file's op census, inputs, outputs and size")
@@ -167,151 +185,110 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args: argparse.Namespace, started: float) -> int:
+    """``fxconv.ship`` with the command line's inputs, progress and exit codes: refusals first, then the
+    model loaded, converted, written, proven."""
+    from .artifacts import check_writable, plan  # torch is not imported: the refusals come at once
+
     _check_distinct(args)
-    for path in filter(None, (args.output, args.report)):
-        _check_writable(path, args.force)
     _check_before_torch(args)
-    if args.output.suffix.lower() != ".onnx":
-        print(f"fxconv: warning: -o {args.output} does not end in .onnx; it is written as an ONNX file all the same",
-              file=sys.stderr)
-    if not args.no_check and importlib.util.find_spec(args.runtime) is None:
-        raise InvalidArgumentError(
-            f"--runtime {args.runtime}: it is not installed (pip install 'fxconv[{args.runtime}]')"
-        )
-    from .check import check_onnx, load_onnx, op_census, weight_products
+    options = _artifact_options(args)
+    plan(args.output, args.model, args.target, args.force, options)  # the suffix, options, compilers, the output
+    if args.report:
+        check_writable(args.report, args.force)
+    from .artifacts import ship
+    from .errors import NotConvertibleError, VerificationError
     from .report import versions
 
     timings = _Timings(started)
-    source = (_from_onnx if args.model.lower().endswith(".onnx") else _from_pytorch)(args, timings)
-    report = source.report
-    print(_as_flags(str(report)))
-    if args.strict and report.skipped:
-        print(f"fxconv: --strict: {len(report.skipped)} Linear left alone; nothing was written", file=sys.stderr)
-        return EXIT_CHECK_FAILED
-    if not report.converted:
-        print("fxconv: note: no Linear was converted; the file will hold the model as it was", file=sys.stderr)
+    onnx_input = args.model.lower().endswith(".onnx")
+    model, example, shape = (_onnx_model if onnx_input else _pytorch_model)(args, timings)
+    if args.calibration is not None:
+        from .artifacts.calibration import load_calibration
 
-    with tempfile.TemporaryDirectory(prefix=".fxconv-", dir=args.output.parent) as staging:
-        staged = Path(staging) / args.output.name
-        with _step(*source.writing, timings):
-            source.write(staged)
-        written_model = load_onnx(staged, weights=False)
-        ops, products = op_census(written_model), weight_products(written_model)
-        print(_census_table(written_model, report, ops, products))
-        check = None
-        if not args.no_check:
-            with _step(f"checking with {args.runtime} against {source.reference_name}", "check", timings):
-                check = check_onnx(staged, source.reference, source.example, runtime=args.runtime)
-            print(check)
-        written = check is None or check.passed
-        _Interrupts.raise_if_seen()
-        if written:
-            _check_writable(args.output, args.force)  # again: the file may have appeared meanwhile
-            if Path(f"{staged}.data").exists():  # external weights first: the model never names a missing file
-                os.replace(f"{staged}.data", f"{args.output}.data")
-            os.replace(staged, args.output)
+        options["calibration"] = load_calibration(args.calibration, example)
+    try:
+        shipped = ship(
+            model, example, args.output, target=args.target, method=args.method, scope=args.scope, layout=args.layout,
+            capture=args.capture, approximate=args.approximate, strict=args.strict, verify=not args.no_verify,
+            # In place: the model is the command line's own, and the result's convolutions read its weights rather
+            # than a copy's (one copy of the weights fewer); the model's own forward is untouched, so it stays the
+            # reference the self-check and the artifact's proof compare with.
+            inplace=not onnx_input, force=args.force, progress=lambda what, key: _step(what, key, timings), **options,
+        )
+    except NotConvertibleError as e:
+        if not (args.strict and hasattr(e, "report")):
+            raise
+        print(_as_flags(str(e.report)))
+        print(f"fxconv: --strict: {len(e.report.skipped)} Linear left alone; nothing was written", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    except VerificationError as e:
+        if not hasattr(e, "shipped"):
+            raise
+        shipped = e.shipped
+    print(_as_flags(str(shipped)))
+    if not shipped.report.converted:
+        print("fxconv: note: no Linear was converted; the file holds the model as it was", file=sys.stderr)
     timings["total"] = time.perf_counter() - timings.started
     print(f"timings: {', '.join(f'{k} {v:.1f} s' for k, v in timings.items())}")
-
     if args.report:
-        document = {
-            "model": args.model,
-            "input_shape": source.input_shape,
-            "output": str(args.output) if written else None,
-            **report.to_dict(),
-            "onnx": {"batch": args.batch, "opset": written_model.opset_import[0].version, "ops": ops,
-                     "weight_products": products},
-            "check": None if check is None else vars(check),
-            "timings_s": timings,
-            "versions": versions(),
-        }
+        document = {"model": args.model, "input_shape": shape, **shipped.to_dict(), "timings_s": timings,
+                    "versions": versions()}  # fmt: skip
         _write_json(args.report, document)
         print(f"wrote the report {args.report}")
-    if not written:
-        print(f"fxconv: the check failed; {args.output} was not written", file=sys.stderr)
+    if shipped.path is None:
+        print(f"fxconv: the proof failed; {args.output} was not written", file=sys.stderr)
         return EXIT_CHECK_FAILED
-    print(f"wrote {args.output}" + (" (not checked: --no-check)" if check is None else ""))
+    print(f"wrote {args.output}" + (" (not checked: --no-check)" if args.no_check else ""))
     return EXIT_OK
 
 
-@dataclass
-class _Source:
-    """A converted model, ready to be written and checked."""
-
-    report: Report
-    write: Callable[[Path], object]  # writes the ONNX file at the given path
-    writing: tuple[str, str]  # what writing it is, for people; its name in the timings
-    reference: object  # what the check runs it against
-    reference_name: str
-    example: object  # the check's example inputs (None: from the reference file's declared shapes)
-    input_shape: list[int] | None
+def _artifact_options(args: argparse.Namespace) -> dict:
+    """The options of the file's kind the user gave (``fxconv.ship``'s keywords): one not for that kind of file
+    is refused by ``plan``."""
+    given = {"batch": args.batch, "opset": args.opset, "runtime": args.runtime, "check": False if args.no_check
+             else None, "dense": args.dense or None, "device": args.device, "calibration": args.calibration,
+             "deployment": args.deployment, "precision": args.precision}  # fmt: skip
+    return {name: value for name, value in given.items() if value is not None}
 
 
-def _from_pytorch(args: argparse.Namespace, timings: _Timings) -> _Source:
-    """Load a PyTorch model and convert it (``write`` then exports it)."""
+def _pytorch_model(args: argparse.Namespace, timings: _Timings):
+    """The model MODEL names, and its example input."""
     shape = _parse_shape(args.input_shape) if args.input_shape else None
-    from ._convert import convert  # imported here, not at the top: `fxconv --help` answers without torch
-    from ._load import example_input, load_model, model_dtype
+    from ._load import example_input, load_model, model_dtype  # here, not at the top: `fxconv --help` without torch
     from .check import runtime_refusal
-    from .export import export_onnx
 
     with _step("loading the model", "load", timings):
         model = load_model(args.model, args.state_dict, args.allow_pickle)
         dtype = model_dtype(model)
-        refusal = None if args.no_check else runtime_refusal({dtype}, args.runtime)
+        refusal = None if args.no_check or args.output.suffix.lower() != ".onnx" else \
+            runtime_refusal({dtype}, args.runtime or "onnxruntime")
         if refusal:
             raise InvalidArgumentError(f"the model is {dtype}: {refusal}")
         example = example_input(model, shape)
-    with _step("tracing and converting", "convert", timings):
-        # In place: the model is the command line's own, and the result's convolutions read its weights rather
-        # than a copy's (one copy of the weights fewer); the model's own forward is untouched, so it stays the
-        # reference the self-check and the file's check compare with.
-        module, report = convert(
-            model, example, args.method, scope=args.scope, layout=args.layout, target=args.target, dense=args.dense,
-            approximate=args.approximate, capture=args.capture, verify=not args.no_verify, inplace=True,
-        )
-    # A dense file answers (N, K, h, w): it is checked against the dense PyTorch model, whose output at
-    # the example's size convert() proves equal to the original's logits.
-    reference, name = (module, "the dense PyTorch model") if args.dense else (model, "the original")
-    def write(path: Path) -> None:
-        export_onnx(module, example, path, batch=args.batch, opset=args.opset, dynamic_spatial=args.dense)
-
-    writing = ("exporting the converted model to ONNX", "export")
-    return _Source(report, write, writing, reference, name, example, list(example.shape))
+    return model, example, list(example.shape)
 
 
-def _from_onnx(args: argparse.Namespace, timings: _Timings) -> _Source:
-    """Convert an ONNX file (never modified; ``write`` saves the result)."""
+def _onnx_model(args: argparse.Namespace, timings: _Timings):
+    """The ONNX file MODEL names (read by the conversion), and an example where --input-shape gives one: for
+    files whose declared inputs have free dims beyond the batch (the check draws the values)."""
+    if not args.input_shape:
+        return args.model, None, None
+    import numpy as np
     import onnx
 
-    from .check import declared_inputs, load_onnx, save_proto
-    from .onnx.convert import convert_onnx
+    from .check import declared_inputs, load_onnx
 
-    with _step("loading the ONNX file", "load", timings):
-        original = load_onnx(args.model)
-    with _step("converting", "convert", timings):
-        converted, report = convert_onnx(
-            original, args.method, scope=args.scope, layout=args.layout, target=args.target, verify=not args.no_verify
-        )
-    shape = list(_parse_shape(args.input_shape)) if args.input_shape else None
-    example = None
-    if shape:  # for files whose declared inputs have free dims beyond the batch (the check draws the values)
-        import numpy as np
-
-        declared = declared_inputs(original)[0].type.tensor_type.elem_type
-        example = np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(declared))
-
-    def write(path: Path) -> None:
-        save_proto(converted, path)
-
-    reference_name = f"the original {args.model}"
-    writing = ("writing the converted ONNX file", "write")
-    return _Source(report, write, writing, args.model, reference_name, example, shape)
+    shape = list(_parse_shape(args.input_shape))
+    declared = declared_inputs(load_onnx(args.model, weights=False))[0].type.tensor_type.elem_type
+    return args.model, np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(declared)), shape
 
 
 _OPTIONS = [  # the Python API's spelling of an option in a message, and the command line's
     (re.compile(r"\s*\(CLI: [^)]*\)"), ""),  # "approximate=True (CLI: --approximate)" says it once
-    (re.compile(r"\b(method|scope|layout|target|capture|runtime)=['\"]([\w-]+)['\"]"), r"--\1 \2"),
+    (re.compile(r"\bcheck= is for"), "--no-check is for"),
+    (re.compile(r"\b(\w+)= is for"), r"--\1 is for"),  # an artifact's option given for another kind of file
+    (re.compile(r"\b(method|scope|layout|target|capture|runtime|device|deployment|precision)=['\"]([\w-]+)['\"]"),
+     r"--\1 \2"),
     (re.compile(r"\b(approximate|dense|strict)=True\b"), r"--\1"),
     (re.compile(r"\b(batch|opset)=(\d+)\b"), r"--\1 \2"),
 ]
@@ -399,22 +376,6 @@ def _check_distinct(args: argparse.Namespace) -> None:
         seen[key] = option
 
 
-def _check_writable(path: Path, force: bool) -> None:
-    """Refuse, before any work, an output whose folder is missing or cannot be written in, or that exists
-    (unless forced)."""
-    if path.is_dir():
-        raise InvalidArgumentError(f"{path} is a directory: name the file to write, e.g. {path / 'model.onnx'}")
-    if not path.parent.is_dir():
-        raise InvalidArgumentError(f"cannot write {path}: directory {path.parent} does not exist")
-    if path.exists() and not force:
-        raise InvalidArgumentError(f"{path} exists; pass --force to replace it")
-    try:  # what the write will do: a staging file beside the output (permissions, a read-only file system)
-        with tempfile.TemporaryFile(prefix=".fxconv-", dir=path.parent):
-            pass
-    except OSError as e:
-        raise InvalidArgumentError(f"cannot write {path}: {e.strerror or e} in {path.parent}") from None
-
-
 class _Timings(dict):
     """Each step's seconds by name (the first step also records the start-up before it), and when the
     command started."""
@@ -483,33 +444,6 @@ class _Interrupts:
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()  # signals can only be set there
-
-
-def _census_table(model: onnx.ModelProto, report: Report, ops: dict[str, int], products: int) -> str:
-    """The file's op counts, each figure read from the file: the Convs and Gemms that read a converted
-    Linear's weight (by its name, which the export keeps) are marked, and the matrix products still reading
-    a weight counted (``check.weight_products``: quantised forms too).
-
-    The original model is not exported for a comparison (that would double the export time).
-    """
-    from .check import PRODUCTS
-
-    names = {c.name.split(" (call ")[0] for c in report.converted}
-    weights = names | {f"{name}.weight" for name in names}
-    reading: dict[str, int] = {}
-    for node in model.graph.node:
-        if len(node.input) > 1 and (node.input[1] in weights or node.input[0] in weights):
-            reading[node.op_type] = reading.get(node.op_type, 0) + 1
-    lines = [f"  {'ONNX op':<24}{'count':>7}"]
-    for op, n in ops.items():
-        note = ""
-        if op == "Conv" and reading.get(op):
-            note = f"   <- {reading[op]} replace Linears"
-        elif op in PRODUCTS and reading.get(op):
-            note = f"   <- {reading[op]} Linears re-laid, not made convolutions (channels-last)"
-        lines.append(f"  {op:<24}{n:>7}{note}")
-    lines.append(f"  Gemm/MatMul reading a weight: {products}")
-    return "\n".join(lines)
 
 
 def _write_json(path: Path, document: dict) -> None:

@@ -34,16 +34,19 @@ class ExampleInputError(FxconvError, ValueError):
 
 
 class NotConvertibleError(FxconvError):
-    """A conversion that was asked to be complete (``strict=True``, dense mode) is not."""
+    """A conversion that was asked to be complete (``strict=True``, dense mode) is not. Under ``strict`` its
+    ``report`` says what was converted and what was left alone."""
 
 
 class VerificationError(FxconvError):
     """The converted model does not compute what the model computes: fxconv's self-check (``fxconv.verify``)
-    found an output or a written buffer that differs, or a batch where only the model runs."""
+    found an output or a written buffer that differs, or a batch where only the model runs; or the file
+    ``fxconv.ship`` wrote failed its proof (then its ``shipped`` holds the figures, and nothing was written)."""
 
 
 class FxconvWarning(UserWarning):
-    """A choice fxconv was told to make that its target's compiler was measured to run slower."""
+    """A choice fxconv was told to make that its target's compiler was measured to run slower, or a result that
+    is not what it will be in use (an int8 program calibrated on random inputs)."""
 
 
 class OnnxError(FxconvError):

@@ -40,7 +40,9 @@ def run(front: Front, options: Options) -> tuple[Any, Report]:
     rewrite.run()
     report = front.report
     if options.strict and report.skipped:
-        raise NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
+        error = NotConvertibleError(f"strict=True, but {len(report.skipped)} Linear left alone:\n{report}")
+        error.report = report  # what was converted and what was not, for a caller that shows it
+        raise error
     result = front.result(rewrite)
     if options.verify:
         report.verified = front.verified(result)

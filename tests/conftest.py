@@ -1,6 +1,9 @@
-"""Shared helpers: equality checks used by every test module."""
+"""Shared helpers: equality checks used by every test module, and the command line as a user runs it."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import torch
 
@@ -32,3 +35,10 @@ def onnx_session(path):
         return [torch.from_numpy(a) for a in session.run(None, feed)]
 
     return run
+
+
+def fxconv_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    """The command line run as a user runs it: a fresh interpreter, its exit code, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "fxconv", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )

@@ -13,11 +13,14 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import fxconv
+
+from conftest import fxconv_cli
 
 TINY = "1,3,16,16"
 FACTORY = """
@@ -80,12 +83,6 @@ class Net(nn.Module):  # built with arguments, or by a classmethod: the specs re
 """
 
 
-def fxconv_cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fxconv", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-
-
 @pytest.fixture
 def workdir(tmp_path):
     (tmp_path / "nets.py").write_text(textwrap.dedent(FACTORY))
@@ -107,8 +104,10 @@ def test_a_torchvision_model_end_to_end(workdir):
     assert ops["Conv"] == 21 and "Gemm" not in ops
     report = json.loads((workdir / "r18.json").read_text())
     assert [c["name"] for c in report["converted"]] == ["fc"]
-    assert report["onnx"] == {"batch": None, "opset": 20, "ops": ops, "weight_products": 0}
-    assert report["check"]["passed"] and report["check"]["runtime"] == "onnxruntime"
+    artifact = report["artifact"]
+    assert {k: artifact[k] for k in ("batch", "opset", "ops", "weight_products")} == {
+        "batch": None, "opset": 20, "ops": ops, "weight_products": 0}  # fmt: skip
+    assert artifact["check"]["passed"] and artifact["check"]["runtime"] == "onnxruntime"
     assert list(report["timings_s"]) == ["start-up", "load", "convert", "export", "check", "total"]
     assert report["timings_s"]["total"] >= sum(v for k, v in report["timings_s"].items() if k != "total")
     assert report["versions"]["torch"] and "timings: start-up " in result.stdout
@@ -133,7 +132,7 @@ def test_an_npu_file_static_batch_older_opset_checked_in_openvino(workdir):
     assert written.opset_import[0].version == 13
     assert [d.dim_value for d in written.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
     assert [i.name for i in written.graph.input] == ["input"] and [o.name for o in written.graph.output] == ["output"]
-    assert json.loads((workdir / "a.json").read_text())["onnx"]["batch"] == 1
+    assert json.loads((workdir / "a.json").read_text())["artifact"]["batch"] == 1
 
 
 def fxconv_cli_counting_torch(*args: str, cwd) -> tuple[subprocess.CompletedProcess, str]:
@@ -282,7 +281,7 @@ def test_hugging_face_models_from_their_config(in_workdir):
     result = fxconv_cli("convert", bert, "--scope", "all", "-o", "bert.onnx", "--report", "b.json", cwd=in_workdir)
     assert result.returncode == 0, result.stderr
     report = json.loads((in_workdir / "b.json").read_text())
-    assert report["input_shape"] == [1, 32] and report["check"]["passed"]  # token ids: one row of 32
+    assert report["input_shape"] == [1, 32] and report["artifact"]["check"]["passed"]  # token ids: one row of 32
     assert len(report["converted"]) == 7 and report["skipped"] == []  # q, k, v, out, the MLP, the pooler
     assert "W1202" not in result.stderr and "Enum subclass" not in result.stderr  # torchao's import warnings
     config = transformers.ViTConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
@@ -292,7 +291,7 @@ def test_hugging_face_models_from_their_config(in_workdir):
                         "--report", "v.json", cwd=in_workdir)  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((in_workdir / "v.json").read_text())
-    assert report["input_shape"] == [1, 3, 32, 32] and report["check"]["passed"]  # the config's image size
+    assert report["input_shape"] == [1, 3, 32, 32] and report["artifact"]["check"]["passed"]  # the config's image size
 
     from fxconv._load import example_input, load_model
 
@@ -419,17 +418,37 @@ def test_a_failed_check_exits_1_and_writes_nothing(workdir):
         (["nets:make", "-o", "."], ". is a directory: name the file to write"),
         (["nets:make", "-o", "existing.onnx"], "existing.onnx exists; pass --force"),
         (["nets:make", "--bogus"], "unrecognized arguments: --bogus"),
+        (["nets:make", "-o", "model.json"], "model.json: fxconv writes .onnx, .mlpackage, .pte files"),
+        (["nets:make", "-o", "m.pte"], "m.pte: an ExecuTorch program for Arm Ethos-U is for --target ethos-u; "
+                                       "--target onnxruntime ships .onnx"),
+        (["nets:make", "-o", "m.mlpackage", "--target", "ethos-u"], "is for --target coreml; --target ethos-u ships "
+                                                                    ".onnx, .pte"),
+        (["existing.onnx", "-o", "m.pte", "--target", "ethos-u"], "an ONNX model converts to an ONNX file"),
+        (["nets:make", "-o", "m.onnx", "--device", "ethos-u85-256"], "--device is for .pte files, not m.onnx"),
+        (["nets:make", "-o", "m.pte", "--target", "ethos-u", "--no-check"], "--no-check is for .onnx files"),
+        (["nets:make", "-o", "m.pte", "--target", "ethos-u", "--device", "u55"], "invalid choice: 'u55'"),
+        (["nets:make", "-o", "m.pte", "--target", "ethos-u", "--calibration", "absent"], "no calibration data at"),
+        (["nets:make", "-o", "m.pte", "--target", "ethos-u", "--calibration", "ints.npy"],
+         "calibration input 0 is torch.int64; the example is torch.float32"),
+        (["nets:make", "-o", "m.pte", "--target", "ethos-u", "--calibration", "small.npy"],
+         "small.npy: an array of shape (3, 8, 8) is not a stack of inputs of the example's shape (1, 3, 16, 16)"),
+        (["nets:make", "-o", "m.mlpackage", "--target", "coreml", "--precision", "int4"], "invalid choice: 'int4'"),
     ],
     ids=[
         "unknown-model", "typo", "no-module", "no-callable", "no-attribute", "not-a-literal", "syntax-error",
         "unknown-timm", "factory-fails", "bad-spec", "shape-unparsable", "shape-rejected", "wrong-channels",
         "wrong-rank", "float64", "opset-12", "batch-0", "unknown-runtime", "unknown-method", "unknown-layout",
         "dense-1x1", "size-message", "bad-state-dict", "missing-dir", "output-is-a-directory", "existing-output",
-        "bad-flag",
+        "bad-flag", "unknown-suffix", "pte-for-onnxruntime", "mlpackage-for-ethos-u", "onnx-in-pte-out",
+        "device-for-onnx", "no-check-for-pte", "unknown-device", "calibration-missing", "calibration-dtype",
+        "calibration-shape", "unknown-precision",
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
+    """Every refusal is one line and exit 2, and loses nothing: an existing output stays, nothing is left."""
     (workdir / "existing.onnx").write_bytes(b"precious")
+    np.save(workdir / "ints.npy", np.zeros((2, 3, 16, 16), np.int64))
+    np.save(workdir / "small.npy", np.zeros((3, 8, 8), np.float32))
     (workdir / "broken_syntax.py").write_text("def make(:\n    pass\n")
     # --force: even when allowed to replace it, a failed run leaves the existing file as it was.
     argv = ["convert", *args] + ([] if "-o" in args else ["-o", "existing.onnx", "--force"])
@@ -442,7 +461,8 @@ def test_bad_input_is_one_line_and_exit_2(workdir, args, message):
     assert all(line.startswith(("...", "    done", "fxconv: error:")) for line in lines), result.stderr
     assert "Traceback" not in result.stderr
     assert (workdir / "existing.onnx").read_bytes() == b"precious"
-    assert sorted(p.name for p in workdir.iterdir() if p.suffix == ".onnx") == ["existing.onnx"]
+    assert sorted(p.name for p in workdir.iterdir() if p.suffix in (".onnx", ".pte", ".mlpackage")) == ["existing.onnx"]
+    assert [p.name for p in workdir.iterdir() if p.name.startswith(".")] == []  # no staging left behind
 
 
 @pytest.mark.parametrize(
@@ -464,13 +484,6 @@ def test_two_of_the_files_naming_one_file_are_refused_before_any_work_even_with_
     result = fxconv_cli("convert", *args, "--input-shape", TINY, "--force", cwd=workdir)
     assert result.returncode == 2 and result.stderr.strip() == f"fxconv: error: {message}: give each its own file"
     assert (workdir / "existing.onnx").read_bytes() == b"precious" and (workdir / "a.onnx").read_bytes() == b"old"
-
-
-def test_an_output_not_named_onnx_is_warned_about(workdir):
-    result = fxconv_cli("convert", "nets:make", "--input-shape", TINY, "-o", "model.json", cwd=workdir)
-    assert result.returncode == 0, result.stderr
-    assert "warning: -o model.json does not end in .onnx" in result.stderr
-    assert fxconv.load_onnx(workdir / "model.json").graph.node
 
 
 def test_inspect_a_corrupt_file_is_one_line(workdir):
@@ -648,7 +661,8 @@ def test_an_onnx_file_is_rewritten_checked_and_left_as_it_was(workdir):
     written = fxconv.load_onnx(workdir / "out.onnx")
     assert "Gemm" not in fxconv.op_census(written) and written.opset_import[0].version == 13
     report = json.loads((workdir / "r.json").read_text())
-    assert [c["name"] for c in report["converted"]] == ["3.weight", "5.weight"] and report["check"]["passed"]
+    assert [c["name"] for c in report["converted"]] == ["3.weight", "5.weight"]
+    assert report["artifact"]["check"]["passed"]
 
     again = fxconv_cli("convert", "in.onnx", "-o", "out.onnx", cwd=workdir)
     assert again.returncode == 2 and "out.onnx exists; pass --force" in again.stderr

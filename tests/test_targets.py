@@ -28,20 +28,21 @@ DEVICES = ("ethos-u55-128", "ethos-u85-256")
 
 
 def _compilers():
-    """fxconv.compilers, once the compilers it drives import — or a failure that names the missing one."""
-    for package in ("executorch", "coremltools", "ethosu.vela", "tosa_serializer"):
+    """fxconv's compiler flows (``fxconv.artifacts``), once the compilers they drive import — or a failure that
+    names the missing one."""
+    for package in ("executorch", "coremltools", "ethosu.vela", "tosa_serializer", "tosa_reference_model"):
         try:
             importlib.import_module(package)
         except ImportError as e:
             pytest.fail(f"{package} is not installed: the test extra brings it (pip install -e '.[test]'): {e}")
-    from fxconv import compilers
+    from fxconv.artifacts import coreml, ethos_u
 
-    return compilers
+    return coreml, ethos_u
 
 
 @pytest.fixture(scope="module")
 def ethos():
-    return _compilers().ethos_u
+    return _compilers()[1].ethos_u
 
 
 def test_ethos_u_reads_a_flattened_map_channels_last_and_runs_in_fewer_cycles(ethos):
@@ -131,7 +132,7 @@ def test_the_channels_last_method_is_exact_for_every_map_rank_and_both_captures(
 
 @pytest.fixture(scope="module")
 def coreml():
-    return _compilers().coreml_ops
+    return _compilers()[0].coreml_ops
 
 
 class Logits(nn.Module):
