@@ -162,12 +162,12 @@ def quiet(logger: logging.Logger):
 def silenced():
     """The compilers print pages (Vela's summary, coremltools' passes, their warnings at import off macOS):
     kept off the user's terminal for the duration."""
-    level = logging.root.level
-    logging.root.setLevel(logging.ERROR)
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # every logger's warnings, whatever its level (torch's set their own)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logging.root.setLevel(level)
+        logging.disable(disabled)

@@ -156,10 +156,11 @@ def draws(example: Example, count: int, seed: int) -> list[Example]:
 
 def _lower(model, example: Example, device: str, calibration: list[Example]) -> _Lowered:
     """``model`` quantised to int8 on ``calibration`` and lowered for ``device`` through Vela."""
-    from executorch.backends.arm.ethosu import EthosUCompileSpec, EthosUPartitioner
-    from executorch.backends.arm.quantizer import EthosUQuantizer, get_symmetric_quantization_config
-    from executorch.exir import to_edge_transform_and_lower
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    with silenced():  # torchao and ExecuTorch log warnings as they import
+        from executorch.backends.arm.ethosu import EthosUCompileSpec, EthosUPartitioner
+        from executorch.backends.arm.quantizer import EthosUQuantizer, get_symmetric_quantization_config
+        from executorch.exir import to_edge_transform_and_lower
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     if device not in DEVICES:
         raise InvalidArgumentError(f"unknown Ethos-U device {device!r}: choose one of {', '.join(DEVICES)}")
