@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.export import ExportedProgram
 
+from ._inputs import embedding_size
 from ._util import quiet
 from .errors import InvalidArgumentError, first_line
 
@@ -263,8 +264,9 @@ _SAMPLES = 16000  # an audio model's (input_values): one second at 16 kHz
 def example_input(model: nn.Module | ExportedProgram, shape: tuple[int, ...] | None) -> torch.Tensor:
     """The input a MODEL is converted and checked with: random values of ``shape`` (by default the
     model's own: an ExportedProgram's input as exported, a Hugging Face vision model's image size from
-    its config, an audio model's second of 16 kHz samples, else 1x3x224x224) in the model's dtype — or
-    token ids below the vocabulary size for a Hugging Face model whose input is ``input_ids``."""
+    its config, an audio model's second of 16 kHz samples, a Whisper encoder's mel frames, else 1x3x224x224)
+    in the model's dtype — or token ids below the vocabulary size for a Hugging Face model whose input is
+    ``input_ids``, or a model that starts with an Embedding (one row of 32)."""
     dtype = model_dtype(model)
     if isinstance(model, ExportedProgram):
         value = next(n.meta["val"] for n in model.graph.nodes
@@ -275,6 +277,12 @@ def example_input(model: nn.Module | ExportedProgram, shape: tuple[int, ...] | N
     kind = getattr(model, "main_input_name", None) if config is not None else None
     if kind == "input_ids":
         return torch.randint(0, config.vocab_size, shape or (1, _TOKENS))
+    rows = embedding_size(model)
+    if config is None and rows is not None:  # a model that starts by looking up token ids
+        return torch.randint(0, rows, shape or (1, _TOKENS))
+    if kind == "input_features" and shape is None and hasattr(config, "num_mel_bins"):
+        # Whisper's encoder: its mel frames, twice its positions (the convolutions' stride 2 halves them)
+        shape = (1, config.num_mel_bins, 2 * config.max_source_positions)
     if kind == "input_values" and shape is None:
         shape = (1, _SAMPLES)
     if kind == "pixel_values" and shape is None and hasattr(config, "image_size"):

@@ -528,9 +528,13 @@ class _ShapeRecorder(fx.Interpreter):
             rank = len(layer.kernel_size) + 2
             dims = ", ".join(["N", "C", *"DHW"[3 - len(layer.kernel_size):]])
             want = f"{layer.in_channels} input channels in a {rank}-D ({dims}) input"
+            fits = len(shape) == rank and shape[1] == layer.in_channels
         elif isinstance(layer, nn.Linear):
             want = f"inputs of {layer.in_features} features (the last dim)"
+            fits = bool(shape) and shape[-1] == layer.in_features
         else:
+            return ""
+        if fits:  # the shape is right: what the layer rejects is something else (a dtype), said as it is
             return ""
         return f"the model expects {want} (its first layer, {node_place(n)}, is {layer}); the example is {shape}"
 

@@ -94,7 +94,12 @@ def _parser() -> argparse.ArgumentParser:
                    "program, --target coreml), .pte (an ExecuTorch program for Arm Ethos-U, --target ethos-u)")
     c.add_argument("--input-shape", metavar="N,C,H,W",
                    help="example input shape (default 1,3,224,224; a .pt2 file's own; 1,32 token ids for a "
-                   "Hugging Face text model; for an .onnx MODEL, its declared input shape)")
+                   "Hugging Face text model or a model that starts with an Embedding; a Whisper encoder's mel "
+                   "frames from its config; for an .onnx MODEL, its declared input shape)")
+    c.add_argument("--input", action="append", metavar="[NAME=]SHAPE[:DTYPE[:LOW,HIGH]]",
+                   help="an example input, repeated for each: by position, or by NAME as a keyword; its dtype "
+                   "(default the model's) and range of values; or NAME=FILE.npy / FILE.pt, its values "
+                   "(e.g. --input input_ids=1,64:int64:0,32000 --input attention_mask=1,64:int64:1,1)")
     c.add_argument("--target", default="onnxruntime", choices=TARGETS,
                    help="the compiler the file is for: its measured choices of method, scope and layout "
                    "(default onnxruntime)")
@@ -252,11 +257,12 @@ def _artifact_options(args: argparse.Namespace) -> dict:
 
 
 def _pytorch_model(args: argparse.Namespace, timings: _Timings):
-    """The model MODEL names, and its example input."""
-    shape = _parse_shape(args.input_shape) if args.input_shape else None
-    from ._load import example_input, load_model, model_dtype  # here, not at the top: `fxconv --help` without torch
+    """The model MODEL names, and its example inputs."""
+    from ._inputs import example_from, parse_shape  # here, not at the top: `fxconv --help` without torch
+    from ._load import example_input, load_model, model_dtype
     from .check import runtime_refusal
 
+    shape = parse_shape(args.input_shape) if args.input_shape else None
     with _step("loading the model", "load", timings):
         model = load_model(args.model, args.state_dict, args.allow_pickle)
         dtype = model_dtype(model)
@@ -264,8 +270,28 @@ def _pytorch_model(args: argparse.Namespace, timings: _Timings):
             runtime_refusal({dtype}, args.runtime or "onnxruntime")
         if refusal:
             raise InvalidArgumentError(f"the model is {dtype}: {refusal}")
-        example = example_input(model, shape)
-    return model, example, list(example.shape)
+        if not args.input:
+            _refuse_several_inputs(model)
+        example = example_from(args.input, model) if args.input else example_input(model, shape)
+    tensors = example.tensors if args.input else [example]
+    return model, example, [list(t.shape) for t in tensors] if len(tensors) > 1 else list(tensors[0].shape)
+
+
+def _refuse_several_inputs(model) -> None:
+    """A model whose forward needs more than one input cannot be given one example shape: say which --input
+    flags describe it."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return
+    needed = [p.name for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+              p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]  # fmt: skip
+    if len(needed) > 1:
+        flags = " ".join(f"--input {name}=SHAPE" for name in needed)
+        raise InvalidArgumentError(f"the model's forward takes {len(needed)} inputs ({', '.join(needed)}): describe "
+                                   f"each with {flags} (SHAPE[:DTYPE[:LOW,HIGH]], or a .npy file)")  # fmt: skip
 
 
 def _onnx_model(args: argparse.Namespace, timings: _Timings):
@@ -276,15 +302,18 @@ def _onnx_model(args: argparse.Namespace, timings: _Timings):
     import numpy as np
     import onnx
 
+    from ._inputs import parse_shape
     from .check import declared_inputs, load_onnx
 
-    shape = list(_parse_shape(args.input_shape))
+    shape = list(parse_shape(args.input_shape))
     declared = declared_inputs(load_onnx(args.model, weights=False))[0].type.tensor_type.elem_type
     return args.model, np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(declared)), shape
 
 
 _OPTIONS = [  # the Python API's spelling of an option in a message, and the command line's
     (re.compile(r"\s*\(CLI: [^)]*\)"), ""),  # "approximate=True (CLI: --approximate)" says it once
+    (re.compile(r"\(model\.config\.use_cache = False\)"),
+     "(add use_cache=False to the model's keywords: \"transformers:CLASS(..., use_cache=False)\")"),
     (re.compile(r"\bcheck= is for"), "--no-check is for"),
     (re.compile(r"\b(\w+)= is for"), r"--\1 is for"),  # an artifact's option given for another kind of file
     (re.compile(r"\b(method|scope|layout|target|capture|runtime|device|deployment|precision)=['\"]([\w-]+)['\"]"),
@@ -301,45 +330,21 @@ def _as_flags(text: str) -> str:
     return text
 
 
-def _parse_shape(text: str) -> tuple[int, ...]:
-    """'1,3,224,224' -> (1, 3, 224, 224); a shape whose float32 example alone would not fit in this machine's
-    memory is refused before anything is allocated."""
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) < 2 or min(shape) < 1:
-        raise InvalidArgumentError(f"--input-shape {text!r} is not a shape like 1,3,224,224")
-    size, memory = math.prod(shape) * 4, _memory()
-    if memory and size > memory:
-        raise InvalidArgumentError(f"--input-shape {text}: one example is {_bytes(size)} of float32, more than this "
-                                   f"machine's {_bytes(memory)} of memory")  # fmt: skip
-    return shape
-
-
-def _memory() -> int:
-    """This machine's physical memory in bytes (0 where it cannot be read)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 0
-
-
-def _bytes(n: float) -> str:
-    """1.2 GiB, 18.2 TiB: a size for people, in the units ``inspect`` prints."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024:
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def _check_before_torch(args: argparse.Namespace) -> None:
     """Refuse what can be refused before torch is imported (seconds, far more on a loaded machine): a
     shape that is none, an opset fxconv does not write, a model file that is not there, and options an
     ONNX input does not take."""
+    from ._inputs import parse_input, parse_shape
+
+    if args.input_shape is not None and args.input:
+        raise InvalidArgumentError("--input-shape and --input both describe the inputs: give one (--input N,C,H,W "
+                                   "is --input-shape N,C,H,W)")  # fmt: skip
     if args.input_shape is not None:
-        _parse_shape(args.input_shape)
+        parse_shape(args.input_shape)
+    args.input = [parse_input(text) for text in args.input or ()]
+    if args.input and args.model.lower().endswith(".onnx"):
+        raise InvalidArgumentError("--input: an ONNX file's inputs are the ones it declares (--input-shape gives "
+                                   "the shape of one whose dims are free beyond the batch)")  # fmt: skip
     if ":" not in args.model and not Path(args.model).is_file():
         raise InvalidArgumentError(f"MODEL {args.model!r} is neither torchvision:NAME, timm:NAME, transformers:CLASS, "
                                    "package.module:callable, nor an existing file")

@@ -80,6 +80,25 @@ class Net(nn.Module):  # built with arguments, or by a classmethod: the specs re
     def forward(self, x):
         x = self.conv(x)
         return self.fc(x.mean((2, 3)) if self.pool == "mean" else x.amax((2, 3)))
+
+class Tokens(nn.Module):  # starts by looking up token ids: its example is ids below its vocabulary
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.fc = nn.Embedding(50, 8), nn.Linear(8 * 32, 4)
+
+    def forward(self, ids):
+        return self.fc(self.embed(ids).flatten(1))
+
+class Pair(nn.Module):  # two inputs, and a mask of ids
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 4 * 4, 5)
+
+    def forward(self, image, other, mask=None):
+        out = self.fc(image.flatten(1)) + self.fc(other.flatten(1))
+        return out if mask is None else out * mask
 """
 
 
@@ -161,9 +180,16 @@ def test_help_answers_without_importing_torch(workdir):
         (["nets:make", "--input-shape", "0,3,16,16"], "is not a shape"),
         (["missing.pt2"], "MODEL 'missing.pt2' is neither torchvision:NAME"),
         (["m.onnx", "--batch", "1"], "--batch: not for an ONNX input"),
-        (["nets:make", "--input-shape", "1,3,100000,100000"], "one example is 111.8 GiB of float32, more than this"),
+        (["nets:make", "--input-shape", "1,3,100000,100000"],
+         "one example of 1,3,100000,100000 is 111.8 GiB of float32, more than this"),
+        (["nets:make", "--input", "x=1,3,16,16:int99"], "--input x=1,3,16,16:int99: unknown dtype 'int99'"),
+        (["nets:make", "--input", "ids=1,32:int64:9,1"], "the range 9,1 runs from high to low"),
+        (["nets:make", "--input", "x=absent.npy"], "--input x=absent.npy: no file absent.npy"),
+        (["nets:make", "--input", "1,3,16,16", "--input-shape", "1,3,16,16"], "--input-shape and --input both"),
+        (["m.onnx", "--input", "1,3,16,16"], "--input: an ONNX file's inputs are the ones it declares"),
     ],
-    ids=["opset", "shape", "missing-file", "onnx-batch", "huge-example"],
+    ids=["opset", "shape", "missing-file", "onnx-batch", "huge-example", "unknown-dtype", "backward-range",
+         "missing-input-file", "input-twice", "onnx-input"],
 )
 def test_what_can_be_refused_before_torch_is_imported_is(workdir, args, message):
     (workdir / "m.onnx").write_bytes(b"not read: refused first")
@@ -678,3 +704,39 @@ def test_an_onnx_file_is_rewritten_checked_and_left_as_it_was(workdir):
         refused = fxconv_cli("convert", *args, "-o", "b.onnx", cwd=workdir)
         assert refused.returncode == 2 and message in refused.stderr.splitlines()[-1], refused.stderr
         assert "Traceback" not in refused.stderr and not (workdir / "b.onnx").exists()
+
+
+def test_every_input_a_model_takes_is_described_on_the_command_line(workdir):
+    """Token ids for a model that starts with an Embedding; several inputs, by position and by name, with dtypes,
+    ranges and values from a file; a model of several inputs given none is told the flags, in one line."""
+    tokens = fxconv_cli("convert", "nets:Tokens", "-o", "t.onnx", "--report", "t.json", cwd=workdir)
+    assert tokens.returncode == 0 and "check PASSED" in tokens.stdout, tokens.stderr
+    assert json.loads((workdir / "t.json").read_text())["input_shape"] == [1, 32]
+    assert fxconv.load_onnx(workdir / "t.onnx").graph.input[0].type.tensor_type.elem_type == 7  # int64 ids
+
+    bare = fxconv_cli("convert", "nets:Pair", "-o", "p.onnx", cwd=workdir)
+    assert bare.returncode == 2 and bare.stderr.strip().splitlines()[-1] == (
+        "fxconv: error: the model's forward takes 2 inputs (image, other): describe each with --input "
+        "image=SHAPE --input other=SHAPE (SHAPE[:DTYPE[:LOW,HIGH]], or a .npy file)")  # fmt: skip
+    np.save(workdir / "other.npy", np.ones((2, 3, 4, 4), np.float64))
+    given = fxconv_cli("convert", "nets:Pair", "--input", "2,3,4,4:float32:-1,1", "--input", "other=other.npy",
+                       "--input", "mask=2,5:int64:0,1", "-o", "p.onnx", "--report", "p.json", cwd=workdir)  # fmt: skip
+    assert given.returncode == 0 and "check PASSED" in given.stdout, given.stderr
+    assert json.loads((workdir / "p.json").read_text())["input_shape"] == [[2, 3, 4, 4], [2, 3, 4, 4], [2, 5]]
+    inputs = fxconv.load_onnx(workdir / "p.onnx").graph.input
+    assert [i.type.tensor_type.elem_type for i in inputs] == [1, 1, 7]  # float32 (the file's float64 cast), int64
+
+
+@pytest.mark.slow
+def test_a_whisper_encoder_gets_its_mel_frames_and_a_decoder_the_cache_hint_in_flags(workdir):
+    whisper = fxconv_cli("convert", "transformers:WhisperForAudioClassification(d_model=64, encoder_layers=1, "
+                         "encoder_attention_heads=2, encoder_ffn_dim=128)", "--scope", "all", "-o", "w.onnx",
+                         "--report", "w.json", cwd=workdir)  # fmt: skip
+    assert whisper.returncode == 0, whisper.stderr
+    assert json.loads((workdir / "w.json").read_text())["input_shape"] == [1, 80, 3000]  # 2 x max_source_positions
+    llama = fxconv_cli("convert", "transformers:LlamaForCausalLM(hidden_size=64, num_hidden_layers=1, "
+                       "num_attention_heads=2, num_key_value_heads=2, intermediate_size=128, vocab_size=100)",
+                       "--capture", "export",
+                       "-o", "l.onnx", cwd=workdir)  # fmt: skip
+    assert llama.returncode == 2 and "model.config" not in llama.stderr
+    assert 'add use_cache=False to the model\'s keywords: "transformers:CLASS(..., use_cache=False)"' in llama.stderr
