@@ -81,7 +81,8 @@ class Planner:
             return skip(name, "no-shape", f"its input's features, the last of its dims {shape}, are not known")
         if len(shape) == 2:
             route = self._head(linear, shape)
-            if not isinstance(route, Skipped) or self.scope != "all":
+            kept = isinstance(route, Skipped) and route.code == "kept" and self.keeps is not None  # by the target
+            if not isinstance(route, Skipped) or self.scope != "all" or kept:
                 return route
         elif self.scope != "all":
             return skip(name, "not-2d", (
@@ -122,6 +123,8 @@ class Planner:
                 return skip(linear.name, "kept", "its map's flattening is already channels-last (a 1x1 map, or one "
                             "flattened NHWC): the channels-last method has nothing to change")
             layout = source.layout
+            if self.keeps and "1-d map" in self.keeps and isinstance(layout, MapLayout) and len(layout.features) == 2:
+                return skip(linear.name, "kept", self.keeps["1-d map"])
         formed = dag.__contains__
         for op in chain:
             record = self.view.read(op)
