@@ -294,6 +294,14 @@ def check_onnx(
     corrupt or interface-mismatched file, or one the runtime cannot run (float64 convolutions in
     onnxruntime), raises :class:`OnnxError`; differing numbers give ``passed=False``.
     """
+    return check_loaded(path, load_onnx(path, weights=False), reference, example_inputs, runtime=runtime,
+                        batch_sizes=batch_sizes, rtol=rtol, atol=atol, seed=seed)  # fmt: skip
+
+
+def check_loaded(path, model: onnx.ModelProto, reference, example_inputs, *, runtime: str = "onnxruntime",
+                 batch_sizes=None, rtol=None, atol=None, seed: int = 0) -> OnnxCheck:  # fmt: skip
+    """:func:`check_onnx` of the file at ``path`` whose graph ``load_onnx(path, weights=False)`` read already
+    (``model``): a caller that reads the file itself does not load and check it twice."""
     with contextlib.ExitStack() as stack:
         run_reference, reference_file = _reference(reference, example_inputs, runtime, stack)
         if example_inputs is None:
@@ -302,7 +310,7 @@ def check_onnx(
             example = _declared_example(reference_file)
         else:
             example = _arrays(example_inputs)
-        return _compare(path, run_reference, example, runtime, batch_sizes, rtol, atol, seed)
+        return _compare(path, model, run_reference, example, runtime, batch_sizes, rtol, atol, seed)
 
 
 def _arrays(example_inputs) -> tuple[np.ndarray, ...]:
@@ -406,11 +414,10 @@ def _larger(model: onnx.ModelProto, batch: int) -> int:
     return min(max(batch, 2) + 1, int(upper)) if upper.isdigit() else max(batch, 2) + 1
 
 
-def _compare(path, run_reference: Run, example, runtime, batch_sizes, rtol, atol, seed) -> OnnxCheck:
+def _compare(path, model, run_reference: Run, example, runtime, batch_sizes, rtol, atol, seed) -> OnnxCheck:
     floats = [a.dtype for a in example if np.issubdtype(a.dtype, np.floating)]
     default_rtol, default_atol = max((tolerance(d) for d in floats), default=(RTOL, ATOL))
     rtol, atol = default_rtol if rtol is None else rtol, default_atol if atol is None else atol
-    model = load_onnx(path, weights=False)
     ops = op_census(model)
     refusal = runtime_refusal(_file_dtypes(model), runtime) if "Conv" in ops else None
     if refusal:

@@ -229,3 +229,25 @@ def test_the_command_line_writes_each_target_s_file_and_its_proof(tmp_path):
     assert random.returncode == 0 and "warning: the int8 scales are calibrated on 4 random inputs" in random.stderr
     assert "--calibration DATA" in random.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_calibration_data_is_read_from_npy_npz_pt_files_and_folders_in_the_example_s_batch(tmp_path):
+    from fxconv.artifacts.calibration import load_calibration
+
+    x = torch.zeros(2, 3, 4, 4)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.save(folder / "a.npy", np.ones((4, 3, 4, 4), np.float64))  # two inputs of the example's batch of 2
+    np.savez(folder / "b.npz", first=np.full((2, 3, 4, 4), 2, np.float32), second=np.full((2, 3, 4, 4), 3, np.float32))
+    torch.save([torch.full((2, 3, 4, 4), 4.0)], folder / "c.pt")
+    (folder / "notes.txt").write_text("not data: skipped")
+    samples = load_calibration(folder, x)
+    assert [s.tensors[0].shape for s in samples] == [(2, 3, 4, 4)] * 5
+    assert [s.tensors[0][0, 0, 0, 0].item() for s in samples] == [1, 1, 2, 3, 4]
+    assert all(s.tensors[0].dtype == torch.float32 for s in samples)  # float64 cast to the example's dtype
+    assert len(load_calibration(folder / "c.pt", x)) == 1
+    np.save(tmp_path / "odd.npy", np.ones((3, 3, 4, 4), np.float32))  # 3 rows for a batch of 2
+    with pytest.raises(fxconv.InvalidArgumentError, match="is not a stack of inputs of the example's shape"):
+        load_calibration(tmp_path / "odd.npy", x)
+    with pytest.raises(fxconv.InvalidArgumentError, match="for a model of one input"):
+        load_calibration(folder, (x, x))

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 
 import onnx
 
-from ..check import PRODUCTS, OnnxCheck, check_onnx, declared_inputs, load_onnx, op_census, save_proto, weight_products
+from ..check import (
+    PRODUCTS,
+    OnnxCheck,
+    check_loaded,
+    declared_inputs,
+    load_onnx,
+    op_census,
+    save_proto,
+    weight_products,
+)
 from ..report import Report
 
 __all__ = ["OnnxProof"]
@@ -65,13 +74,13 @@ def write_proto(converted: onnx.ModelProto, path) -> None:
 
 
 def prove(path, report: Report, reference, reference_name: str, example, *, runtime: str | None, step) -> OnnxProof:
-    """The file at ``path`` read back once (its graph, not its weights) for the census, and run in ``runtime``
-    beside ``reference`` (None: not run)."""
+    """The file at ``path`` read back once (its graph, not its weights, checked) for the census and the run in
+    ``runtime`` beside ``reference`` (None: not run)."""
     written = load_onnx(path, weights=False)
     check = None
     if runtime is not None:
         with step(f"checking with {runtime} against {reference_name}", "check"):
-            check = check_onnx(path, reference, example, runtime=runtime)
+            check = check_loaded(path, written, reference, example, runtime=runtime)
     return OnnxProof(written.opset_import[0].version, _batch(written), op_census(written), weight_products(written),
                      _replacing(written, report), check, reference_name)  # fmt: skip
 
