@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = _parser().parse_args(argv)
     try:
-        with _Interrupts(), warnings.catch_warnings():
+        with _Interrupts(), warnings.catch_warnings(), _progress_shown():
             warnings.showwarning = _show_warning
             return _convert(args, started) if args.command == "convert" else _inspect(args)
     except KeyboardInterrupt:  # the staging folders are context managers: nothing is left behind
@@ -397,10 +398,48 @@ def _step(what: str, key: str, timings: _Timings):
     timings.setdefault("start-up", time.perf_counter() - timings.started)
     print(f"... {what}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    yield
+    with _heartbeat(what, start):
+        yield
     _Interrupts.raise_if_seen()
     timings[key] = time.perf_counter() - start
     print(f"    done in {timings[key]:.1f} s", file=sys.stderr, flush=True)
+
+
+HEARTBEAT_S = 30.0  # how often a running step says it still runs
+
+
+@contextlib.contextmanager
+def _heartbeat(what: str, start: float):
+    """A step of minutes (a 0.5B decoder's export) says it is alive: every HEARTBEAT_S seconds, for how long."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            print(f"    ... still {what}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=beat, name="fxconv-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def _progress_shown():
+    """fxconv's progress messages (the exporter's stages: ``fxconv.export``) as indented lines on stderr."""
+    logger = logging.getLogger("fxconv")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("    %(message)s"))
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class _Interrupts:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
 import tempfile
@@ -104,11 +105,13 @@ def export_onnx(
     args = inputs.args
     if args and isinstance(args[-1], dict) and not inputs.kwargs:
         args += ({},)  # torch.onnx reads a last dict as the keyword inputs, unless an empty one follows it
+    progress = log.isEnabledFor(logging.INFO)  # the exporter's stages, passed on (the command line shows them)
     try:
-        with contextlib.nullcontext() if exported else eval_mode(module), warnings.catch_warnings(), quiet(_CONVERTER):
+        with contextlib.nullcontext() if exported else eval_mode(module), warnings.catch_warnings(), \
+                quiet(_CONVERTER), contextlib.redirect_stdout(_Lines(log)) if progress else contextlib.nullcontext():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not the user's business
             program = torch.onnx.export(
-                module, args, kwargs=inputs.kwargs, dynamo=True, dynamic_shapes=dynamic, verbose=False,
+                module, args, kwargs=inputs.kwargs, dynamo=True, dynamic_shapes=dynamic, verbose=progress,
                 optimize=False, opset_version=max(opset, _EXPORTER_OPSET) if opset else None,
             )
     except Exception as e:
@@ -121,9 +124,22 @@ def export_onnx(
     _name_values(model.graph, model.graph.outputs, output_names, "output")
     if opset is not None and opset < _EXPORTER_OPSET:
         lower_opset(model, opset)
+    log.info("writing %s", path.name)
     _write_atomically(model, path)
-    log.debug("fxconv: wrote %s", path)
     return path
+
+
+class _Lines(io.TextIOBase):
+    """A stream whose lines go to ``log`` at INFO: what the exporter prints of its stages."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger, self.pending = logger, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in filter(str.strip, lines):
+            self.logger.info(line.strip())
+        return len(text)
 
 
 def _state(module, example: Example) -> list[str]:

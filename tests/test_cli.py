@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -740,3 +741,17 @@ def test_a_whisper_encoder_gets_its_mel_frames_and_a_decoder_the_cache_hint_in_f
                        "-o", "l.onnx", cwd=workdir)  # fmt: skip
     assert llama.returncode == 2 and "model.config" not in llama.stderr
     assert 'add use_cache=False to the model\'s keywords: "transformers:CLASS(..., use_cache=False)"' in llama.stderr
+
+
+def test_a_long_step_says_it_still_runs_and_passes_on_the_exporter_s_stages(workdir, monkeypatch, capsys):
+    from fxconv import cli
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.syspath_prepend(str(workdir))
+    monkeypatch.setattr(cli, "HEARTBEAT_S", 0.01)
+    assert cli.main(["convert", "nets:make", "--input-shape", TINY, "-o", "m.onnx"]) == 0
+    err = capsys.readouterr().err
+    exporting = err.split("... exporting the converted model to ONNX")[1].split("    done in")[0]
+    assert "    ... still exporting the converted model to ONNX: " in exporting
+    assert "    [torch.onnx] Translate the graph into ONNX..." in exporting and "    writing m.onnx" in exporting
+    assert not logging.getLogger("fxconv").handlers  # the command line's handler is gone with its run
