@@ -11,6 +11,7 @@ import importlib as _importlib
 from importlib import metadata as _metadata
 
 from .errors import (
+    CompilerError,
     ExampleInputError,
     FxconvError,
     FxconvWarning,
@@ -60,6 +61,7 @@ __all__ = [
     "RUNTIMES",
     "SCOPES",
     "TARGETS",
+    "CompilerError",
     "ConvertResult",
     "Converted",
     "ExampleInputError",

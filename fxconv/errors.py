@@ -6,6 +6,7 @@ Each carries a message a user can act on; the CLI prints it as one line.
 import re
 
 __all__ = [
+    "CompilerError",
     "ExampleInputError",
     "FxconvError",
     "FxconvWarning",
@@ -47,6 +48,11 @@ class VerificationError(FxconvError):
 class FxconvWarning(UserWarning):
     """A choice fxconv was told to make that its target's compiler was measured to run slower, or a result that
     is not what it will be in use (an int8 program calibrated on random inputs)."""
+
+
+class CompilerError(FxconvError):
+    """A target's compiler (coremltools, ExecuTorch's Arm flow and Vela) failed on a model: the message says
+    which model and which compiler."""
 
 
 class OnnxError(FxconvError):

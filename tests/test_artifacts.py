@@ -251,3 +251,15 @@ def test_calibration_data_is_read_from_npy_npz_pt_files_and_folders_in_the_examp
         load_calibration(tmp_path / "odd.npy", x)
     with pytest.raises(fxconv.InvalidArgumentError, match="for a model of one input"):
         load_calibration(folder, (x, x))
+
+
+def test_a_compiler_that_fails_is_named_in_one_line_and_nothing_is_written(tmp_path, monkeypatch):
+    def fails(*args):
+        raise RuntimeError("Unsupported operator\nwith pages of detail")
+
+    monkeypatch.setattr(ethos_u, "_lower", fails)
+    with pytest.raises(fxconv.CompilerError, match="ExecuTorch's Arm flow failed on the original for ethos-u55-128: "
+                                                   "RuntimeError: Unsupported operator$"):  # fmt: skip
+        fxconv.ship(CifarCnn().eval(), torch.randn(1, 3, 32, 32), tmp_path / "m.pte", target="ethos-u",
+                    calibration=[torch.randn(1, 3, 32, 32)])  # fmt: skip
+    assert list(tmp_path.iterdir()) == []

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .._util import Example, eval_mode, silenced
-from ..errors import InvalidArgumentError, first_line
+from ..errors import CompilerError, FxconvError, InvalidArgumentError, first_line
 
 __all__ = ["CoreMLProof", "coreml_ops"]
 
@@ -89,7 +89,13 @@ def coreml_ops(model: nn.Module, example_inputs, via: str = "export") -> collect
 def write(model, module, example: Example, path: str, *, deployment: str, precision: str, step) -> CoreMLProof:
     """Write ``module`` (the conversion of ``model``) as an ML program at ``path``, and prove what can be."""
     with step(f"converting with coremltools ({deployment}, {precision})", "convert to Core ML"):
-        program = _program(module, example, "export", deployment, precision)
+        try:
+            program = _program(module, example, "export", deployment, precision)
+        except FxconvError:
+            raise
+        except Exception as e:
+            raise CompilerError(f"coremltools could not convert the converted model: {type(e).__name__}: "
+                                f"{first_line(e)}") from e
     with step(f"writing the ML program {os.path.basename(path)}", "write"):
         with silenced():
             program.save(str(path))

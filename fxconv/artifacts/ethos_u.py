@@ -36,7 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .._util import Example, eval_mode, silenced
-from ..errors import FxconvWarning, InvalidArgumentError, VerificationError
+from ..errors import CompilerError, FxconvError, FxconvWarning, InvalidArgumentError, VerificationError, first_line
 from ..options import DEVICES
 
 __all__ = ["MEASURED", "EthosU", "EthosUProof", "ethos_u"]
@@ -122,9 +122,9 @@ def write(model, module, example: Example, path: str, *, device: str, calibratio
                       "of real data: give calibration data for a program to ship (ship's calibration=, the command "
                       "line's --calibration DATA)", FxconvWarning, stacklevel=4)  # ship's caller  # fmt: skip
     with step(f"quantising the original and lowering it for {device} (Vela)", "original"):
-        original = _lower(model, example, device, calibration)
+        original = _lowered(model, "the original", example, device, calibration)
     with step(f"quantising the converted model and lowering it for {device} (Vela)", "lower"):
-        converted = _lower(module, example, device, calibration)
+        converted = _lowered(module, "the converted model", example, device, calibration)
     runs = [example, *draws(example, 2, seed=1)]
     with step("running its TOSA programs in the TOSA reference model", "prove"):
         scales = _output_scales(converted.program.exported_program())
@@ -152,6 +152,17 @@ def draws(example: Example, count: int, seed: int) -> list[Example]:
         return torch.randint(int(low), int(high) + 1, t.shape, generator=generator, dtype=t.dtype)
 
     return [example.map(draw) for _ in range(count)]
+
+
+def _lowered(model, which: str, example: Example, device: str, calibration: list[Example]) -> _Lowered:
+    """``_lower``, its failure said as fxconv's: which model, which step of ExecuTorch's flow."""
+    try:
+        return _lower(model, example, device, calibration)
+    except FxconvError:
+        raise
+    except Exception as e:
+        raise CompilerError(f"ExecuTorch's Arm flow failed on {which} for {device}: {type(e).__name__}: "
+                            f"{first_line(e)}") from e
 
 
 def _lower(model, example: Example, device: str, calibration: list[Example]) -> _Lowered:
