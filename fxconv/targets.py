@@ -18,7 +18,8 @@ figures behind each choice: ``python benchmarks/bench.py --only targets`` (docs/
   a ViT the same; carrying the layout through the block's residual add instead measured 21x on U85-256.
   A Linear on a vector (a pooled head, a head's later Linears) costs the same cycles either way: kept. A
   head on a flattened 1-D map (N, C, L) is kept too: only 4-D maps are NHWC in TOSA, and reading a 1-D map
-  channels-last adds Transposes (+7 % / +13 % cycles after an Embedding, U55-128 / U85-256).
+  channels-last adds Transposes (+7 % / +13 % cycles after an Embedding, U55-128 / U85-256), and so is a
+  Linear at every position whose output a head flattens (its way back out of (N, C, 1, L): +24 % to +40 %).
 * ``coreml`` (Core ML's converter, for the Apple Neural Engine): Apple's guidance — every Linear a 1x1
   convolution in (B, C, 1, S), the ops between kept in that layout (LayerNorm and RMSNorm over the
   channels, which coremltools fuses back into one ``layer_norm``; attention split per head with Apple's
@@ -46,7 +47,7 @@ class Target:
     layout: str
     why: Mapping[str, str]  # recorded on each Linear it converts, by what it reads: "head", "positions"
     keeps: Mapping[str, str] | None = None  # why it keeps a Linear, by what it reads: "vector", "positions",
-    # "1-d map" (a head on a flattened (N, C, L) map)
+    # "1-d map" (a head on a flattened (N, C, L) map), "flattened" (one at every position whose output is)
     rules: tuple[Rule, ...] = CARRIED  # the ops carried in the layout (ATTENTION: attention split per head too)
     carries: bool = True  # False: each Linear at every position changes layout on its own, nothing else moves
     slower: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (option, value) -> what was measured
@@ -101,6 +102,9 @@ TARGETS: dict[str, Target] = {
                        "there): reading it channels-last adds the Transposes it saves on an image (measured: "
                        "+14 % cycles on U55-128 and +107 % on U85-256 for a token sequence's head, +7 % and "
                        "+13 % after an Embedding)",
+            "flattened": "Ethos-U: its output is flattened into a head's vector, and changing its layout back "
+                         "before the flatten costs more than the 1x1 convolution saves (measured: +24 % to +40 % "
+                         "cycles on U55-128 and U85-256)",
         },
         carries=False,
         slower={

@@ -152,9 +152,29 @@ class Planner:
         if self.keeps is None or (isinstance(route, Route) and route.head and route.out is None):
             return route
         kind = "vector" if len(self.view.shape(linear.input) or ()) == 2 else "positions"
+        if kind == "positions" and "flattened" in self.keeps and isinstance(route, Route) \
+                and self._flattened(linear.output):  # fmt: skip
+            return skip(linear.name, "kept", self.keeps["flattened"])
         if kind in self.keeps and (isinstance(route, Route) or route.code in ("not-2d", "not-flattened")):
             return skip(linear.name, "kept", self.keeps[kind])
         return route
+
+    def _flattened(self, value) -> bool:
+        """Whether ``value`` is flattened to (N, features) — by its reader, or after ops that keep its shape."""
+        shape = self.view.shape(value)
+        if shape is None or len(shape) < 3 or None in shape[1:]:
+            return False
+        features, seen, values = math.prod(shape[1:]), {value}, [value]
+        while values:
+            for op in self.view.users(values.pop()):
+                out = self.view.output(op)
+                found = self.view.shape(out) if out is not None else None
+                if found is not None and len(found) == 2 and found[1] == features:
+                    return True
+                if found == shape and out not in seen:
+                    seen.add(out)
+                    values.append(out)
+        return False
 
     def _walk(self, value, shape, chain: list, dag: dict, name: str):
         """The source (or a planned head Linear's output) ``value`` is computed from by ops that carry, in
