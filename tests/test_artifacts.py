@@ -142,6 +142,8 @@ def test_an_onnx_file_s_conversion_ships_through_the_same_call(tmp_path):
     torch.manual_seed(0)
     model, x = CifarCnn().eval(), torch.randn(1, 3, 32, 32)
     original = fxconv.export_onnx(model, x, tmp_path / "in.onnx")
+    with pytest.raises(fxconv.InvalidArgumentError, match="capture=: not for an ONNX model"):
+        fxconv.ship(original, None, tmp_path / "out.onnx", capture="export")
     shipped = fxconv.ship(original, None, tmp_path / "out.onnx")
     assert shipped.passed and shipped.proof.check.passed and shipped.proof.weight_products == 0
     assert shipped.proof.reference == f"the original {original}"
@@ -163,6 +165,7 @@ def test_an_onnx_file_s_conversion_ships_through_the_same_call(tmp_path):
          "is torch.int64; the example is torch.float32"),
         ({"path": "m.pte", "target": "ethos-u", "calibration": []}, "holds no inputs"),
         ({"path": "absent/m.onnx"}, "directory absent does not exist"),
+        ({"path": "m.pte", "target": "tpu"}, "unknown target 'tpu'"),
     ],
 )  # fmt: skip
 def test_what_cannot_be_shipped_is_refused_before_any_work(kwargs, message, tmp_path, monkeypatch):

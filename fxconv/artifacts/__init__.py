@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidArgumentError, VerificationError
-from ..options import DEPLOYMENTS, DEVICES, PRECISIONS, RUNTIMES
+from ..options import DEPLOYMENTS, DEVICES, PRECISIONS, RUNTIMES, TARGETS
 from ..report import Report
 
 __all__ = ["ARTIFACTS", "Artifact", "Shipped", "plan", "ship"]
@@ -119,6 +119,10 @@ def ship(
     path = Path(path)
     artifact, given = plan(path, model, target, force, options)
     onnx_input = _is_onnx(model)
+    pytorch_only = {"capture": capture != "auto", "approximate": approximate, "inplace": inplace}
+    if onnx_input and any(pytorch_only.values()):
+        wrong = ", ".join(f"{name}=" for name, given_ in pytorch_only.items() if given_)
+        raise InvalidArgumentError(f"{wrong}: not for an ONNX model, which convert_onnx reads from its file")
     if artifact is ARTIFACTS[".pte"] and given["calibration"] is not None:
         from .calibration import calibration_like
 
@@ -154,6 +158,8 @@ def _convert_model(model, example_inputs, onnx_input: bool, choices: dict):
 def plan(path: Path, model, target: str, force: bool, options: dict) -> tuple[Artifact, dict]:
     """The artifact ``path`` names and its options (defaults and those given), or the refusal of what cannot
     be — before any work (the command line calls it before it loads the model)."""
+    if target not in TARGETS:
+        raise InvalidArgumentError(f"unknown target {target!r}: choose one of {', '.join(TARGETS)}")
     _refuse_directory(path)
     artifact = _artifact(path, model, target)
     given = _options(artifact, path, options)
