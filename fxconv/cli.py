@@ -34,7 +34,6 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import FxconvError, InvalidArgumentError
@@ -50,10 +49,6 @@ from .options import (
     SCOPES,
     TARGETS,
 )  # fmt: skip
-
-if TYPE_CHECKING:
-
-    pass
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141  # 128 + SIGINT, SIGPIPE
 

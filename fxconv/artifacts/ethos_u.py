@@ -109,7 +109,7 @@ def ethos_u(model: nn.Module, example_inputs, device: str = "ethos-u55-128", cal
     """Vela's figures for ``model`` quantised to int8 (calibrated on ``calibration`` random inputs in the
     example's ranges) and compiled for ``device`` — the Targets benchmark's measure."""
     inputs = Example.of(example_inputs)
-    return _lower(model, inputs, device, draws(inputs, calibration, seed=0)).figures
+    return _lower(model, inputs, device, _draws(inputs, calibration, seed=0)).figures
 
 
 def write(model, module, example: Example, path: str, *, device: str, calibration: list[Example] | None,
@@ -117,7 +117,7 @@ def write(model, module, example: Example, path: str, *, device: str, calibratio
     """Write ``module`` (the conversion of ``model``) for ``device`` as a ``.pte`` at ``path``, and prove it."""
     told = f"{len(calibration)} given inputs" if calibration is not None else ""
     if calibration is None:
-        calibration, told = draws(example, 4, seed=0), "4 random inputs in the example's ranges (not representative)"
+        calibration, told = _draws(example, 4, seed=0), "4 random inputs in the example's ranges (not representative)"
         warnings.warn("the int8 scales are calibrated on 4 random inputs in the example's ranges, not representative "
                       "of real data: give calibration data for a program to ship (ship's calibration=, the command "
                       "line's --calibration DATA)", FxconvWarning, stacklevel=4)  # ship's caller  # fmt: skip
@@ -125,7 +125,7 @@ def write(model, module, example: Example, path: str, *, device: str, calibratio
         original = _lowered(model, "the original", example, device, calibration)
     with step(f"quantising the converted model and lowering it for {device} (Vela)", "lower"):
         converted = _lowered(module, "the converted model", example, device, calibration)
-    runs = [example, *draws(example, 2, seed=1)]
+    runs = [example, *_draws(example, 2, seed=1)]
     with step("running its TOSA programs in the TOSA reference model", "prove"):
         scales = _output_scales(converted.program.exported_program())
         steps = max(_steps(_flat(_in_reference(original, run)), _flat(_in_reference(converted, run)), scales)
@@ -138,7 +138,7 @@ def write(model, module, example: Example, path: str, *, device: str, calibratio
     return EthosUProof(original.figures, converted.figures, steps, len(runs), told)
 
 
-def draws(example: Example, count: int, seed: int) -> list[Example]:
+def _draws(example: Example, count: int, seed: int) -> list[Example]:
     """``count`` inputs like ``example`` drawn at random in its ranges: each float tensor uniform between its
     least and greatest value, each integer tensor (token ids) between its own."""
     generator = torch.Generator().manual_seed(seed)
