@@ -115,8 +115,9 @@ def ethos_u(model: nn.Module, example_inputs, device: str = "ethos-u55-128", cal
 def write(model, module, example: Example, path: str, *, device: str, calibration: list[Example] | None,
           step) -> EthosUProof:  # fmt: skip
     """Write ``module`` (the conversion of ``model``) for ``device`` as a ``.pte`` at ``path``, and prove it."""
-    told = f"{len(calibration)} given inputs" if calibration is not None else ""
-    if calibration is None:
+    if calibration is not None:
+        told = f"{len(calibration)} given inputs"
+    else:
         calibration, told = _draws(example, 4, seed=0), "4 random inputs in the example's ranges (not representative)"
         warnings.warn("the int8 scales are calibrated on 4 random inputs in the example's ranges, not representative "
                       "of real data: give calibration data for a program to ship (ship's calibration=, the command "
